@@ -1,0 +1,120 @@
+"""The ``unetseg`` command: thin wrappers that parse options into config dataclasses and call functions."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+
+from unetseg.config import EvaluateConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.errors import UserError
+
+# Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly:
+# a width-32 U-Net on 256 x 256 crops reaches a foreground Dice above 0.85 in a few minutes on 2 CPU cores.
+SAMPLE_PRESET = {"width": 32, "epochs": 30, "batch_size": 8, "patch_size": 256, "val_rounds": 1}
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One option per dataclass field; defaults are suppressed so only what the user typed is seen."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        long = "--" + f.name.replace("_", "-")
+        flags = [*meta.get("flags", ()), long]
+        if f.name == "model_path":
+            flags = ["-m", "--model"]
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta.get("help", "")}
+        kind = str(f.type).split("|")[0].strip()
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("list"):
+            kwargs.update(nargs="+", action="extend")
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(kind, str)
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+        if f.default is not dataclasses.MISSING and f.default is not None and kind != "bool":
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument(*flags, **kwargs)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unetseg",
+        description="Train, evaluate, run and export U-Net segmentation models from folders of images and masks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model (default data: the bundled nuclei sample)")
+    add_options(train, TrainConfig)
+    train.add_argument("--resume", default=argparse.SUPPRESS, help="continue a run: its directory or a checkpoint")
+    evaluate = sub.add_parser("evaluate", help="per-class and per-image scores of a checkpoint on a dataset")
+    add_options(evaluate, EvaluateConfig)
+    predict = sub.add_parser("predict", help="masks for image files, folders or globs")
+    add_options(predict, PredictConfig)
+    return parser
+
+
+def train_command(values: dict) -> int:
+    from pathlib import Path
+
+    from unetseg.data.prepare import sample_dataset_dir
+    from unetseg.engine.checkpoint import load_checkpoint
+    from unetseg.engine.trainer import fit
+
+    resume_from = values.pop("resume", None)
+    resume = None
+    if resume_from:
+        path = Path(resume_from)
+        path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+        resume = load_checkpoint(path)
+        saved = dict(resume.get("config") or {})
+        if not saved:
+            raise UserError(f"--resume {resume_from}: checkpoint carries no run configuration; use -f/--load instead")
+        saved["out"] = str(path.parent.parent) if path.parent.name == "checkpoints" else saved.get("out")
+        values = saved | values
+    if "config" in values and values["config"]:
+        values = load_yaml(values["config"]) | values
+    if not any(values.get(k) for k in ("data", "images", "masks")):
+        values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
+    fit(build(TrainConfig, values), resume)
+    return 0
+
+
+def evaluate_command(values: dict) -> int:
+    from unetseg.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(build(EvaluateConfig, values))
+    return 0
+
+
+def predict_command(values: dict) -> int:
+    from unetseg.predict import predict_files
+
+    predict_files(build(PredictConfig, values))
+    return 0
+
+
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on bad input (one message, no traceback), 1 on an internal error."""
+    args = vars(make_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        return COMMANDS[command](args)
+    except UserError as err:
+        print(f"unetseg {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"unetseg {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Every option of every command, with its default and the reason for it.
+
+The command line and ``--config FILE`` (YAML) fill these dataclasses; the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unetseg.errors import UserError
+
+
+def option(default: Any, help: str, *flags: str, choices: tuple | None = None) -> Any:
+    """A dataclass field that the CLI turns into ``--name`` (plus ``flags``)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read."""
+
+    data: str | None = option(
+        None, "dataset folder holding imgs/ (or images/) and masks/ (or labels/); default: the bundled nuclei sample"
+    )
+    images: str | None = option(None, "image folder (with --masks), instead of --data")
+    masks: str | None = option(None, "mask folder (with --images), instead of --data")
+    val_data: str | None = option(None, "explicit validation dataset folder instead of a random split")
+    scale: float = option(1.0, "downscaling factor of the images (bicubic) and masks (nearest), as Pytorch-UNet", "-s")
+    validation: float = option(10.0, "percent of the data used for validation (deterministic given --seed)", "-v")
+    classes: int | None = option(
+        None, "number of classes (1 = binary with one sigmoid output); default: the number of mask values found", "-c"
+    )
+    channels: int | None = option(None, "input channels (1, 3 or 4); default: from the images", choices=(1, 3, 4))
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    """``unetseg train``: every knob of the training run."""
+
+    config: str | None = option(None, "YAML file with options; the command line wins over it")
+    out: str | None = option(None, "run directory (default: runs/<date>-<time>)")
+    overwrite: bool = option(False, "allow writing into an existing run directory")
+    load: str | None = option(None, "initialise weights from a checkpoint (unetseg or Pytorch-UNet .pth)", "-f")
+    epochs: int = option(5, "number of epochs (Pytorch-UNet's default)", "-e")
+    batch_size: int = option(8, "images per optimizer step; 8 keeps BatchNorm statistics stable", "-b")
+    learning_rate: float = option(1e-3, "peak learning rate; 1e-3 suits AdamW, use ~1e-5 with RMSprop", "-l")
+    optimizer: str = option(
+        "adamw",
+        "optimizer: adamw (converges fast without tuning), adam, sgd, rmsprop",
+        choices=("adamw", "adam", "sgd", "rmsprop"),
+    )
+    weight_decay: float = option(1e-4, "weight decay (Pytorch-UNet's RMSprop used 1e-8)")
+    momentum: float = option(0.9, "momentum for sgd and rmsprop (Pytorch-UNet's RMSprop used 0.999)")
+    scheduler: str = option(
+        "cosine",
+        "learning-rate schedule: cosine (smooth decay to the end of the run), "
+        "plateau (ReduceLROnPlateau on validation Dice, as Pytorch-UNet), constant",
+        choices=("cosine", "plateau", "constant"),
+    )
+    warmup_steps: int = option(20, "linear warm-up steps; avoids the early blow-ups of a cold Adam")
+    loss: str = option("ce+dice", "loss: ce+dice (CE/BCE plus soft Dice per class) or ce")
+    grad_clip: float = option(1.0, "clip the gradient norm (after unscaling) at this value; 0 turns it off")
+    amp: bool = option(False, "mixed precision: bf16 where supported, else fp16 with a grad scaler")
+    precision: str = option(
+        "auto",
+        "auto (bf16 where the GPU or CPU runs it natively, else fp32), fp32, bf16, fp16; --amp forces mixed",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    bilinear: bool = option(False, "bilinear up-sampling instead of transposed convolutions")
+    width: int = option(64, "channels of the first U-Net level (64 as in Pytorch-UNet)")
+    model: str = option("unet", "model architecture")
+    patch_size: int | None = option(
+        None, "train on random crops of this size; default: whole images when all have one size, else 256"
+    )
+    augment: str = option(
+        "flips", "augmentation: flips (random flips and 90-degree turns) or none", choices=("flips", "none")
+    )
+    val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
+    val_batch_size: int = option(8, "images per validation batch")
+    seed: int = option(0, "random seed for the split, the initial weights and the batch order")
+    device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
+    workers: int = option(4, "threads that decode the dataset")
+    save_every: int | None = option(None, "also write last.pt every N optimizer steps")
+    save_epochs: bool = option(True, "keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt)")
+    time_budget: str | None = option(None, "stop cleanly after this long, e.g. 30m, 2h, 90s")
+    max_steps: int | None = option(None, "stop after this many optimizer steps")
+    checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
+    logger: str = option("csv", "loggers, comma-separated (csv is always on)")
+    max_bad_steps: int = option(20, "stop after this many optimizer steps with a non-finite loss or gradient")
+    quiet: bool = option(False, "print nothing but errors")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "-e/--epochs must be at least 1"),
+            (self.batch_size >= 1, "-b/--batch-size must be at least 1"),
+            (self.learning_rate > 0, "-l/--learning-rate must be positive"),
+            (0 < self.scale <= 16, "-s/--scale must be in (0, 16]"),
+            (0 <= self.validation < 100, "-v/--validation is a percent in [0, 100)"),
+            (self.classes is None or self.classes >= 1, "-c/--classes must be at least 1"),
+            (self.width >= 1, "--width must be at least 1"),
+            (self.val_rounds >= 1, "--val-rounds must be at least 1"),
+            (self.patch_size is None or self.patch_size >= 16, "--patch-size must be at least 16"),
+            (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+
+
+@dataclass
+class EvaluateConfig(DataConfig):
+    """``unetseg evaluate``: scores of a checkpoint on a dataset."""
+
+    model_path: str = option("", "checkpoint to evaluate (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    json: str | None = option(None, "also write the scores to this JSON file")
+    batch_size: int = option(8, "images per batch (the scores do not depend on it)", "-b")
+    device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
+    amp: bool = option(False, "mixed-precision inference")
+    scale: float | None = option(None, "image scale; default: the scale the model was trained at", "-s")
+
+
+@dataclass
+class PredictConfig:
+    """``unetseg predict``: masks for image files, folders or globs."""
+
+    model_path: str = option("", "checkpoint (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    input: list[str] = option(None, "image files, folders or globs", "-i")
+    output: str | None = option(None, "output folder, or a file name when there is one input", "-o")
+    scale: float | None = option(None, "input scale; default: the scale the model was trained at", "-s")
+    threshold: float = option(0.5, "probability threshold for one-output (sigmoid) models", "-t")
+    viz: bool = option(False, "also write an overlay of the mask on the image (<name>_overlay.png)", "--overlay")
+    suffix: str = option(".png", "file type of the written masks")
+    batch_size: int = option(4, "images per batch", "-b")
+    device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
+    amp: bool = option(False, "mixed-precision inference")
+    quiet: bool = option(False, "print nothing but errors")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1.5h', '1h30m' or plain seconds -> seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
+        raise UserError(f"--time-budget {text}: not a duration; write e.g. 90s, 30m, 2h or 1h30m")
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Options from a YAML file, as a dict of field names (dashes allowed)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: file does not exist") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"--config {path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build(cls: type, values: dict) -> Any:
+    """Instantiate ``cls`` from a dict, naming any unknown option."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    values = {k: _coerce(k, v, types[k]) for k, v in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise UserError(f"bad options: {err}") from None
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """YAML reads 1e-3 as text and users write "8" for 8: convert to the field's type or name the option."""
+    if value is None or not isinstance(value, str):
+        return value
+    kind = annotation.split("|")[0].strip()
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            return int(value)
+        if kind == "bool":
+            return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[value.lower()]
+    except (ValueError, KeyError):
+        raise UserError(f"option {name}: '{value}' is not a valid {kind}") from None
+    return value
+
+
+def to_dict(config: Any) -> dict:
+    """A plain dict of the config (YAML- and checkpoint-safe)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""Reading, pairing, scanning and batching image/mask folders."""

@@ -1,0 +1,191 @@
+"""Decoded samples at training resolution, normalisation statistics, the split, and batch iterators.
+
+Images are decoded once into uint8/uint16 arrays (kept at their bit depth); masks into uint8 class indices.
+Batches leave here as uint8/uint16 tensors; conversion to float and normalisation happen on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unetseg.data.classmap import IGNORE_INDEX, ClassMap
+from unetseg.data.folder import Pair
+from unetseg.data.io import read_image, read_mask
+from unetseg.errors import UserError
+
+
+@dataclass
+class Sample:
+    """One decoded pair at training resolution."""
+
+    name: str
+    image: np.ndarray  # (H, W, C) uint8 or uint16
+    mask: np.ndarray | None  # (H, W) uint8 class indices, 255 = ignore
+
+
+def match_channels(image: np.ndarray, channels: int, path: object = "image") -> np.ndarray:
+    """Bring ``(H, W, C)`` to ``channels``: drop a constant alpha, grey -> RGB by repeating, RGB -> grey by luma."""
+    have = image.shape[2]
+    if have in (2, 4) and have != channels and image[:, :, -1].min() == image[:, :, -1].max():
+        image, have = image[:, :, :-1], have - 1
+    if have == channels:
+        return image
+    if have == 1 and channels in (3, 4):
+        out = np.repeat(image, 3, axis=2)
+        if channels == 4:
+            out = np.concatenate([out, np.full_like(image, np.iinfo(image.dtype).max)], axis=2)
+        return out
+    if have >= 3 and channels == 1:
+        luma = image[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.round(luma).astype(image.dtype)[:, :, None]
+    if have == 4 and channels == 3:
+        return image[:, :, :3]
+    if have == 3 and channels == 4:
+        return np.concatenate([image, np.full_like(image[:, :, :1], np.iinfo(image.dtype).max)], axis=2)
+    raise UserError(
+        f"{path}: image has {have} channels but the model takes {channels}; "
+        f"convert the image, or train with --channels {have}"
+    )
+
+
+def scaled_size(height: int, width: int, scale: float, path: object = "image") -> tuple[int, int]:
+    """Pytorch-UNet's rounding: ``int(scale * side)``."""
+    new_h, new_w = int(scale * height), int(scale * width)
+    if new_h < 1 or new_w < 1:
+        raise UserError(f"{path}: --scale {scale} makes this {width}x{height} image empty; use a larger --scale")
+    return new_h, new_w
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of ``(H, W, C)`` to ``size`` (H, W), with Pillow, as Pytorch-UNet does."""
+    if image.shape[:2] == size:
+        return image
+    height, width = size
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3):
+        mode = "L" if image.shape[2] == 1 else "RGB"
+        pil = Image.fromarray(image[:, :, 0] if mode == "L" else image, mode)
+        out = np.asarray(pil.resize((width, height), resample=Image.BICUBIC))
+        return out[:, :, None] if out.ndim == 2 else out
+    top = np.iinfo(image.dtype).max
+    planes = []
+    for c in range(image.shape[2]):
+        plane = Image.fromarray(image[:, :, c].astype(np.float32), "F").resize((width, height), Image.BICUBIC)
+        planes.append(np.clip(np.round(np.asarray(plane)), 0, top).astype(image.dtype))
+    return np.stack(planes, axis=2)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of class indices ``(H, W)``."""
+    if mask.shape == size:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), resample=Image.NEAREST))
+
+
+def load_sample(pair: Pair, class_map: ClassMap | None, channels: int, scale: float) -> Sample:
+    """Decode one pair, match channels, resize by ``scale``, and encode the mask as class indices."""
+    image = match_channels(read_image(pair.image), channels, pair.image)
+    size = scaled_size(image.shape[0], image.shape[1], scale, pair.image)
+    mask = None
+    if pair.mask is not None and class_map is not None:
+        mask = resize_mask(class_map.encode(read_mask(pair.mask), pair.mask), size)
+    return Sample(pair.image.stem, resize_image(image, size), mask)
+
+
+def load_samples(
+    pairs: list[Pair], class_map: ClassMap | None, channels: int, scale: float, workers: int = 4
+) -> list[Sample]:
+    """Decode all pairs once, in threads."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: load_sample(p, class_map, channels, scale), pairs))
+
+
+def compute_norm(samples: list[Sample]) -> dict:
+    """Per-channel mean/std of the training images after dividing by their value range.
+
+    The range is 255 for 8-bit data and the largest value seen for 16-bit data (never 255 for 16 bit).
+    """
+    top = 255.0 if all(s.image.dtype == np.uint8 for s in samples) else float(max(s.image.max() for s in samples))
+    top = max(top, 1.0)
+    channels = samples[0].image.shape[2]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = 0
+    for sample in samples:
+        pixels = sample.image[::2, ::2].reshape(-1, channels).astype(np.float64) / top  # every 4th pixel is plenty
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0)) + 1e-6
+    return {"scale": top, "mean": mean.round(6).tolist(), "std": np.maximum(std, 1e-3).round(6).tolist()}
+
+
+def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split: ``round(count * val_percent / 100)`` images, at least one."""
+    if val_percent <= 0 or count < 2:
+        return list(range(count)), []
+    n_val = min(count - 1, max(1, round(count * val_percent / 100)))
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+class TrainBatches:
+    """Random-order batches of fixed-size patches, reproducible from (seed, epoch).
+
+    Images larger than the patch are cropped at a random place; smaller ones are padded (image 0, mask ignore).
+    The last partial batch is dropped unless the dataset is smaller than one batch.
+    """
+
+    def __init__(self, samples: list[Sample], batch_size: int, patch: tuple[int, int], seed: int) -> None:
+        self.samples, self.batch_size, self.patch, self.seed = samples, batch_size, patch, seed
+        self.batch_size = min(batch_size, len(samples))
+
+    def __len__(self) -> int:
+        return len(self.samples) // self.batch_size
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of epoch ``epoch`` from batch ``start`` on: (uint (B, H, W, C), uint8 (B, H, W))."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.samples))
+        corners = rng.random((len(order), 2))
+        for b in range(start, len(self)):
+            idx = range(b * self.batch_size, (b + 1) * self.batch_size)
+            crops = [self._crop(self.samples[order[i]], corners[i]) for i in idx]
+            images = torch.from_numpy(np.stack([c[0] for c in crops]))
+            masks = torch.from_numpy(np.stack([c[1] for c in crops]))
+            yield images, masks
+
+    def _crop(self, sample: Sample, corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ph, pw = self.patch
+        h, w = sample.image.shape[:2]
+        top, left = int(corner[0] * max(h - ph + 1, 1)), int(corner[1] * max(w - pw + 1, 1))
+        image = sample.image[top : top + ph, left : left + pw]
+        mask = sample.mask[top : top + ph, left : left + pw]
+        if image.shape[:2] != (ph, pw):
+            pad_image = np.zeros((ph, pw, image.shape[2]), dtype=image.dtype)
+            pad_mask = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
+            pad_image[: image.shape[0], : image.shape[1]] = image
+            pad_mask[: mask.shape[0], : mask.shape[1]] = mask
+            image, mask = pad_image, pad_mask
+        return image, mask
+
+
+def eval_batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Every sample exactly once, whole (no crop, no dropped batch); a batch holds images of one size."""
+    by_size: dict[tuple[int, int], list[Sample]] = {}
+    for sample in samples:
+        by_size.setdefault(sample.image.shape[:2], []).append(sample)
+    for group in by_size.values():
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            yield (
+                torch.from_numpy(np.stack([s.image for s in chunk])),
+                torch.from_numpy(np.stack([s.mask for s in chunk])),
+                [s.name for s in chunk],
+            )

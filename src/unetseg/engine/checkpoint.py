@@ -1,0 +1,158 @@
+"""Self-describing checkpoints: written atomically, read with ``weights_only=True``.
+
+A unetseg checkpoint is a dict of plain types and tensors: model spec and weights, channels, normalisation,
+class map, the resolved config, and (for resuming) the training state. Pytorch-UNet checkpoints (a state_dict
+plus ``mask_values``) are read too and converted to the same shape.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unetseg.data.classmap import ClassMap
+from unetseg.errors import UserError
+from unetseg.models import create_model
+
+FORMAT = "unetseg-checkpoint"
+VERSION = 1
+PYTORCH_UNET_SCALE = 0.5  # Pytorch-UNet's train.py and predict.py default --scale
+
+
+def save_atomic(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def read_file(path: str | Path) -> object:
+    """``torch.load(weights_only=True)`` with clear errors for missing, corrupt and code-carrying files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"{path}: this file holds pickled Python objects beyond tensors and plain data, "
+                "which unetseg refuses to load because loading them can run code; "
+                "re-save only the state_dict if you trust its source"
+            ) from None
+        raise UserError(f"{path}: not a readable checkpoint ({err}); the file is corrupt or truncated") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+            "the file is corrupt or truncated, use another checkpoint (e.g. checkpoints/best.pt)"
+        ) from None
+
+
+def _is_pytorch_unet(state: dict) -> bool:
+    return "inc.double_conv.0.weight" in state and "outc.conv.weight" in state
+
+
+def _from_pytorch_unet(state: dict) -> dict:
+    """Wrap a Pytorch-UNet state_dict (with or without ``mask_values``) as a unetseg checkpoint."""
+    state = dict(state)
+    mask_values = state.pop("mask_values", None)
+    inc = state["inc.double_conv.0.weight"]
+    n_classes = state["outc.conv.weight"].shape[0]
+    channels = inc.shape[1]
+    if mask_values is None:
+        mask_values = [0, 1] if n_classes == 1 else list(range(n_classes))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": "pytorch-unet",
+        "model": {
+            "name": "unet",
+            "n_channels": channels,
+            "n_classes": n_classes,
+            "bilinear": "up1.up.weight" not in state,
+            "width": inc.shape[0],
+        },
+        "state_dict": state,
+        "channels": channels,
+        # Pytorch-UNet divides by 255 (when any value exceeds 1) and does not centre.
+        "norm": {"scale": 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
+        "class_map": ClassMap(values=list(mask_values)).to_dict(),
+        "scale": PYTORCH_UNET_SCALE,
+        "config": {},
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A unetseg or Pytorch-UNet checkpoint as a unetseg checkpoint dict."""
+    data = read_file(path)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return data
+    if isinstance(data, dict) and _is_pytorch_unet(data):
+        return _from_pytorch_unet(data)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict) and _is_pytorch_unet(data["state_dict"]):
+        return _from_pytorch_unet(data["state_dict"] | {"mask_values": data.get("mask_values")})
+    raise UserError(
+        f"{path}: not a unetseg or Pytorch-UNet checkpoint (no U-Net weights inside); "
+        "pass a file written by unetseg train or Pytorch-UNet's train.py"
+    )
+
+
+def build_model(checkpoint: dict, **overrides: object) -> nn.Module:
+    """The checkpoint's model with its weights loaded (on the CPU, eval mode)."""
+    spec = dict(checkpoint["model"])
+    name = spec.pop("name")
+    model = create_model(name, **spec, **overrides)
+    load_weights(model, checkpoint["state_dict"], "checkpoint")
+    return model.eval()
+
+
+def load_weights(model: nn.Module, state: dict, source: object) -> None:
+    """Load a state dict, with a message that names the mismatch instead of a wall of keys."""
+    state = {k: v for k, v in state.items() if k != "mask_values"}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            filter(
+                None,
+                [
+                    f"missing {', '.join(missing[:3])}" if missing else "",
+                    f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                    f"shape {', '.join(shapes[:3])}" if shapes else "",
+                ],
+            )
+        )
+        raise UserError(
+            f"{source}: weights do not fit this model ({detail}); match --width, --bilinear, "
+            "--classes and the input channels to the checkpoint"
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,80 @@
+"""Optimizers and learning-rate schedules by name."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from unetseg.errors import UserError
+
+PLATEAU_PATIENCE = 5  # validation rounds without improvement before the LR drops (Pytorch-UNet's value)
+PLATEAU_FACTOR = 0.1
+
+
+def build_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW, Adam, SGD (Nesterov) or RMSprop; foreach kernels on accelerators."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    foreach = device.type != "cpu"
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=foreach)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=foreach)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay, foreach=foreach
+        )
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum, foreach=foreach)
+    raise UserError(f"--optimizer {name}: unknown optimizer; known: adamw, adam, sgd, rmsprop")
+
+
+class Schedule:
+    """Linear warm-up, then cosine decay to zero, a constant rate, or ReduceLROnPlateau on a score.
+
+    The rate is a pure function of the step and the plateau state, so resuming restores it exactly.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, kind: str, base_lr: float, total_steps: int, warmup_steps: int
+    ) -> None:
+        if kind not in ("cosine", "plateau", "constant"):
+            raise UserError(f"--scheduler {kind}: unknown schedule; known: cosine, plateau, constant")
+        self.optimizer, self.kind, self.base_lr = optimizer, kind, base_lr
+        self.total_steps, self.warmup_steps = max(total_steps, 1), warmup_steps
+        self.factor, self.best, self.bad_rounds = 1.0, -math.inf, 0
+
+    def lr_at(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "cosine":
+            progress = min(1.0, step / self.total_steps)
+            return self.base_lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.base_lr * warm * self.factor
+
+    def set_step(self, step: int) -> float:
+        """Set the rate for optimizer step ``step`` (0-based) and return it."""
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def observe(self, score: float) -> None:
+        """Feed a validation score (higher is better); only the plateau schedule uses it."""
+        if self.kind != "plateau" or math.isnan(score):
+            return
+        if score > self.best:
+            self.best, self.bad_rounds = score, 0
+        else:
+            self.bad_rounds += 1
+            if self.bad_rounds > PLATEAU_PATIENCE:
+                self.factor *= PLATEAU_FACTOR
+                self.bad_rounds = 0
+
+    def state_dict(self) -> dict:
+        return {"factor": self.factor, "best": self.best, "bad_rounds": self.bad_rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.factor, self.best, self.bad_rounds = state["factor"], state["best"], state["bad_rounds"]

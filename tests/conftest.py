@@ -1,0 +1,62 @@
+"""Synthetic datasets drawn with Pillow in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def draw_pair(
+    rng: np.random.Generator, size: tuple[int, int], values: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image with bright shapes, and its mask: one shape kind per class (ellipse, rectangle, ...)."""
+    width, height = size
+    mask = Image.new("L", size, values[0])
+    draw = ImageDraw.Draw(mask)
+    for _ in range(3):
+        cls = int(rng.integers(1, len(values)))
+        x0, y0 = int(rng.integers(0, width - 12)), int(rng.integers(0, height - 12))
+        x1, y1 = x0 + int(rng.integers(8, 20)), y0 + int(rng.integers(8, 20))
+        shape = draw.ellipse if cls % 2 else draw.rectangle
+        shape([x0, y0, x1, y1], fill=values[cls])
+    mask_array = np.asarray(mask)
+    index = np.searchsorted(np.array(values), mask_array)
+    image = 40 + 60 * index + rng.normal(0, 8, index.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), mask_array
+
+
+def make_dataset(
+    root: Path,
+    count: int = 8,
+    size: tuple[int, int] = (64, 48),
+    values: tuple[int, ...] = (0, 255),
+    mode: str = "L",
+    mask_suffix: str = "",
+    image_ext: str = ".png",
+    mask_ext: str = ".png",
+    image_dir: str = "imgs",
+    mask_dir: str = "masks",
+    seed: int = 0,
+) -> Path:
+    """Write ``count`` pairs under ``root/imgs`` and ``root/masks``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, mask = draw_pair(rng, size, values)
+        picture = Image.fromarray(image, "L")
+        if mode != "L":
+            picture = picture.convert(mode)
+        picture.save(root / image_dir / f"img{i:03d}{image_ext}")
+        Image.fromarray(mask, "L").save(root / mask_dir / f"img{i:03d}{mask_suffix}{mask_ext}")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")

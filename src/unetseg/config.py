@@ -122,11 +122,29 @@ class EvaluateConfig(DataConfig):
     """``unetseg evaluate``: scores of a checkpoint on a dataset."""
 
     model_path: str = option("", "checkpoint to evaluate (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    out: str | None = option(
+        None, "folder for per_image.csv, confusion.csv and confusion.png (default: print and --json only)"
+    )
     json: str | None = option(None, "also write the scores to this JSON file")
+    boundary: bool = option(False, "also compute HD95 and average surface distance per class (needs scipy)")
+    worst: int = option(5, "list this many images with the lowest foreground Dice (0: none)")
     batch_size: int = option(8, "images per batch (the scores do not depend on it)", "-b")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: bool = option(False, "mixed-precision inference")
+    precision: str = option(
+        "auto",
+        "auto (as training chooses it, so scores equal the logged validation scores), fp32, bf16, fp16",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
     scale: float | None = option(None, "image scale; default: the scale the model was trained at", "-s")
+
+    def __post_init__(self) -> None:
+        if self.worst < 0:
+            raise UserError("--worst must be 0 or more")
+        if self.batch_size < 1:
+            raise UserError("-b/--batch-size must be at least 1")
+        if self.scale is not None and not 0 < self.scale <= 16:
+            raise UserError("-s/--scale must be in (0, 16]")
 
 
 @dataclass

@@ -1,11 +1,19 @@
-"""``unetseg evaluate``: per-class and per-image scores of a checkpoint on a dataset."""
+"""``unetseg evaluate``: per-class and per-image scores of a checkpoint on a dataset.
+
+The scores follow the empty-mask rule and the reductions documented in :mod:`unetseg.metrics` (boundary
+distances: :mod:`unetseg.boundary`). The numbers come from the same function that scores validation during
+training, so they equal the validation scores in ``metrics.csv`` for the same images and precision.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from unetseg.boundary import DISTANCES, require_scipy
 from unetseg.config import EvaluateConfig
 from unetseg.data.classmap import ClassMap
 from unetseg.data.dataset import load_samples
@@ -14,12 +22,23 @@ from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.precision import choose_dtype, resolve_device
 from unetseg.errors import UserError
+from unetseg.metrics import SCORES, nanmean
+from unetseg.report import (
+    json_safe,
+    print_report,
+    worst_images,
+    write_confusion_csv,
+    write_confusion_png,
+    write_per_image_csv,
+)
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     """Score ``cfg.model_path`` on every image of the dataset, at the scale it was trained at (or ``--scale``)."""
     if not cfg.model_path:
         raise UserError("-m/--model is required: the checkpoint to evaluate")
+    if cfg.boundary:
+        require_scipy()
     ckpt = load_checkpoint(cfg.model_path)
     class_map = ClassMap.from_dict(ckpt["class_map"])
     scale = cfg.scale or float(ckpt.get("scale", 1.0))
@@ -33,57 +52,75 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
         ckpt["norm"],
         class_map.num_classes,
         device,
-        choose_dtype("fp32", cfg.amp, device),
+        choose_dtype(cfg.precision, cfg.amp, device),
         cfg.batch_size,
+        boundary=cfg.boundary,
     )
-    report = {
-        "checkpoint": str(cfg.model_path),
-        "data": root,
-        "images": len(samples),
-        "scale": scale,
-        "classes": [
-            {"name": n, "value": v, "dice": d, "iou": i, "precision": p, "recall": r}
-            for n, v, d, i, p, r in zip(
-                class_map.names, class_map.values, result["dice"], result["iou"], result["precision"], result["recall"]
-            )
-        ],
-        "dice_fg": result["dice_fg"],
-        "iou_fg": result["iou_fg"],
-        "image_dice_fg_mean": result["image_dice_fg_mean"],
-        "per_image": [{"image": n, "dice": d} for n, d in zip(result["images"], result["image_dice"])],
-        "confusion": result["confusion"],
-    }
-    print_report(report)
+    report = build_report(result, class_map, {"checkpoint": str(cfg.model_path), "data": root, "scale": scale})
+    report["worst"] = [row["image"] for row in worst_images(report, cfg.worst)]
+    print_report(report, cfg.worst)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_per_image_csv(out / "per_image.csv", report)
+        write_confusion_csv(out / "confusion.csv", report)
+        write_confusion_png(out / "confusion.png", report)
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(_json_safe(report), indent=2))
+        Path(cfg.json).write_text(json.dumps(json_safe(report), indent=2))
     return report
 
 
-def print_report(report: dict) -> None:
-    """A readable per-class table and the foreground means."""
-    print(f"{report['checkpoint']} on {report['data']} ({report['images']} images, scale {report['scale']})")
-    print(f"  {'class':<16}{'value':>10}{'dice':>9}{'iou':>9}{'precision':>11}{'recall':>9}")
-    for row in report["classes"]:
-        print(
-            f"  {row['name']:<16}{str(row['value']):>10}"
-            + "".join(f"{_show(row[k]):>{w}}" for k, w in (("dice", 9), ("iou", 9), ("precision", 11), ("recall", 9)))
-        )
-    print(
-        f"  foreground mean: dice {_show(report['dice_fg'])}  iou {_show(report['iou_fg'])}  "
-        f"(pixels pooled over all images; per-image mean dice {_show(report['image_dice_fg_mean'])})"
-    )
+def build_report(result: dict, class_map: ClassMap, meta: dict) -> dict:
+    """The evaluation result as one plain dict: per class, foreground means, per image, confusion matrix."""
+    names = class_map.names
+    classes = []
+    for k, (name, value) in enumerate(zip(names, class_map.values)):
+        row = {"name": name, "value": value}
+        row |= {s: result[s][k] for s in SCORES}
+        row |= {f"image_{s}": result["class_image_mean"][s][k] for s in SCORES}
+        row |= {
+            "pixels_true": result["pixels_true"][k],
+            "pixels_pred": result["pixels_pred"][k],
+            "images_present": result["images_present"][k],
+        }
+        classes.append(row)
+    macro, micro = dict(result["macro"]), dict(result["micro"])
+    per_image = [
+        {
+            "image": image,
+            "dice_fg": result["image_fg"]["dice"][i],
+            "iou_fg": result["image_fg"]["iou"][i],
+            **{s: result["image_scores"][s][i] for s in SCORES},
+            "pixels_true": result["image_pixels_true"][i],
+            "pixels_pred": result["image_pixels_pred"][i],
+        }
+        for i, image in enumerate(result["images"])
+    ]
+    if "boundary" in result:
+        _add_distances(result["boundary"], classes, per_image, macro)
+    return meta | {
+        "images": len(per_image),
+        "classes": classes,
+        "dice_fg": result["dice_fg"],
+        "iou_fg": result["iou_fg"],
+        "image_dice_fg_mean": result["image_dice_fg_mean"],
+        "macro": macro,
+        "micro": micro,
+        "per_image": per_image,
+        "confusion": result["confusion"],
+    }
 
 
-def _show(value: float) -> str:
-    return "empty" if math.isnan(value) else f"{value:.4f}"
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+def _add_distances(distances: np.ndarray, classes: list[dict], per_image: list[dict], macro: dict) -> None:
+    """HD95 and ASD ``(N, K, 2)``: per image, per class (mean over images), and the macro foreground mean."""
+    values = torch.from_numpy(np.asarray(distances, dtype=np.float64))
+    for j, name in enumerate(DISTANCES):
+        per_class = nanmean(values[:, :, j], 0).tolist()
+        for k, row in enumerate(classes):
+            row[name] = per_class[k]
+        image_fg = nanmean(values[:, 1:, j], 1)
+        for i, row in enumerate(per_image):
+            row[name] = values[i, :, j].tolist()
+            row[f"{name}_fg"] = image_fg[i].item()
+        macro[name] = nanmean(image_fg, 0).item()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,9 +12,9 @@ from unetseg.metrics import (
     class_scores,
     confusion_matrix,
     foreground_mean,
-    image_dice,
     per_image_counts,
     predict_classes,
+    summarize,
 )
 
 
@@ -30,16 +29,19 @@ def evaluate(
     batch_size: int = 8,
     channels_last: bool = True,
     threshold: float = 0.5,
+    boundary: bool = False,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
-    Returns the pooled per-class scores, ``dice_fg`` (mean over foreground classes), per-image Dice, and loss-free
-    counts; all integer accumulation stays on the device until the end (one host sync per evaluation).
+    Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), per-image
+    scores and the rest of :func:`unetseg.metrics.summarize`. All integer accumulation stays on the device until
+    the end (one host sync per evaluation). ``boundary`` adds per-image HD95 and ASD (``boundary``: ``(N, K, 2)``),
+    computed on the host, which costs a copy of each batch's prediction.
     """
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    counts, names = [], []
+    counts, names, distances = [], [], []
     for images, masks, batch_names in eval_batches(samples, batch_size):
         x = normalize(images, norm, device, channels_last)
         target = masks.to(device, non_blocking=True)
@@ -49,17 +51,34 @@ def evaluate(
         cm += confusion_matrix(pred, target, num_classes)
         counts.append(per_image_counts(pred, target, num_classes))
         names += batch_names
+        if boundary:
+            from unetseg.boundary import boundary_scores
+
+            distances.append(boundary_scores(pred.cpu().numpy(), masks.numpy(), num_classes))  # CPU-GPU sync
     model.train(was_training)
+    order = _input_order(samples, names)
+    names = [names[i] for i in order]
+    counts = torch.cat(counts)[order] if counts else torch.zeros(0, num_classes, 3, dtype=torch.int64)
+    summary = summarize(cm, counts)
     scores = class_scores(cm)
-    per_image = image_dice(torch.cat(counts)) if counts else []
-    image_means = [foreground_mean(d) for d in per_image]
-    valid_means = [m for m in image_means if not math.isnan(m)]
-    return {
+    result = {
         "dice_fg": foreground_mean(scores["dice"]),
         "iou_fg": foreground_mean(scores["iou"]),
         **scores,
         "confusion": cm.cpu().tolist(),
         "images": names,
-        "image_dice": per_image,
-        "image_dice_fg_mean": sum(valid_means) / len(valid_means) if valid_means else math.nan,
+        "image_dice": summary["image_scores"]["dice"],
+        "image_dice_fg_mean": summary["macro"]["dice"],
+        **summary,
     }
+    if boundary:
+        result["boundary"] = np.concatenate(distances)[order] if distances else np.zeros((0, num_classes, 2))
+    return result
+
+
+def _input_order(samples: list[Sample], names: list[str]) -> list[int]:
+    """Positions that put batch-ordered results back in the samples' order (batches group images by size)."""
+    slots: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        slots.setdefault(name, []).append(i)
+    return [slots[s.name].pop(0) for s in samples]

@@ -1,0 +1,127 @@
+"""Evaluation reports for people and machines: console table, per-image CSV, confusion matrix CSV and PNG.
+
+Empty scores (class absent from truth and prediction) are shown as "empty" on the console, an empty field in
+CSV files and ``null`` in JSON; never as 1.0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from unetseg.boundary import DISTANCES
+from unetseg.metrics import SCORES
+
+
+def show(value: float, digits: int = 4) -> str:
+    """A score for the console: 4 decimals, or "empty"."""
+    return "empty" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def worst_images(report: dict, k: int) -> list[dict]:
+    """The ``k`` images with the lowest foreground Dice (images without a foreground score are skipped)."""
+    scored = [row for row in report["per_image"] if not math.isnan(row["dice_fg"])]
+    return sorted(scored, key=lambda row: (row["dice_fg"], row["image"]))[:k]
+
+
+def print_report(report: dict, worst: int = 5) -> None:
+    """A readable per-class table, the foreground means, and the worst images."""
+    distances = [d for d in DISTANCES if d in report["classes"][0]]
+    print(f"{report['checkpoint']} on {report['data']} ({report['images']} images, scale {report['scale']})")
+    columns = [("dice", 8), ("iou", 8), ("precision", 10), ("recall", 8), ("image_dice", 11)]
+    columns += [(d, 9) for d in distances]
+    header = f"  {'class':<16}{'value':>10}" + "".join(f"{n.replace('_', ' '):>{w}}" for n, w in columns)
+    print(header + f"{'true px':>12}{'pred px':>12}{'images':>8}")
+    for row in report["classes"]:
+        cells = "".join(f"{show(row[n]):>{w}}" for n, w in columns)
+        print(
+            f"  {row['name'][:15]:<16}{str(row['value']):>10}{cells}"
+            f"{row['pixels_true']:>12}{row['pixels_pred']:>12}{row['images_present']:>8}"
+        )
+    print(
+        f"  foreground, pooled over images: dice {show(report['dice_fg'])}  iou {show(report['iou_fg'])}  "
+        "(mean over classes; the validation score)"
+    )
+    for label, key in (("mean over images", "macro"), ("pooled over images and classes", "micro")):
+        scores = report[key]
+        text = "  ".join(f"{n} {show(scores[n])}" for n in (*SCORES, *distances) if n in scores)
+        print(f"  foreground, {label}: {text}")
+    rows = worst_images(report, worst)
+    if rows:
+        print(f"  worst {len(rows)} image(s) by foreground dice:")
+        names = [c["name"] for c in report["classes"]]
+        for row in rows:
+            per_class = " ".join(f"{n}={show(d, 3)}" for n, d in zip(names[1:], row["dice"][1:]))
+            print(f"    {row['image']:<32} dice {show(row['dice_fg'])}  iou {show(row['iou_fg'])}  ({per_class})")
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return value
+
+
+def write_per_image_csv(path: Path, report: dict) -> None:
+    """One row per image: foreground means, then per class scores, pixel counts (and distances)."""
+    names = [c["name"] for c in report["classes"]]
+    keys = [*SCORES, "pixels_true", "pixels_pred", *(d for d in DISTANCES if d in report["classes"][0])]
+    means = ["dice_fg", "iou_fg", *(f"{d}_fg" for d in DISTANCES if d in report["classes"][0])]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", *means, *(f"{key}_{name}" for name in names for key in keys)])
+        for row in report["per_image"]:
+            cells = [row[m] for m in means] + [row[key][k] for k in range(len(names)) for key in keys]
+            writer.writerow([row["image"], *map(_cell, cells)])
+
+
+def write_confusion_csv(path: Path, report: dict) -> None:
+    """Pixel counts: rows are the true class, columns the predicted class."""
+    names = [c["name"] for c in report["classes"]]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["truth \\ prediction", *names])
+        for name, row in zip(names, report["confusion"]):
+            writer.writerow([name, *row])
+
+
+def write_confusion_png(path: Path, report: dict, cell: int = 72) -> None:
+    """The confusion matrix as a picture: each cell shaded by its share of the true class, with count and %."""
+    names = [c["name"] for c in report["classes"]]
+    matrix = report["confusion"]
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    label_w = max(probe.textlength(n, font=font) for n in [*names, "truth"]) + 16
+    left, top, k = int(label_w) + 8, 56, len(names)
+    image = Image.new("RGB", (left + k * cell + 8, top + k * cell + 24), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), "rows: truth, columns: prediction", fill="black", font=font)
+    draw.text((left, 24), "shade and %: share of the true class", fill="gray", font=font)
+    for j, name in enumerate(names):
+        draw.text((left + j * cell + 4, top - 14), name[:10], fill="black", font=font)
+    for i, (name, row) in enumerate(zip(names, matrix)):
+        y = top + i * cell
+        draw.text((8, y + cell // 2 - 6), name, fill="black", font=font)
+        total = sum(row)
+        for j, count in enumerate(row):
+            share = count / total if total else 0.0
+            shade = tuple(int(255 - share * (255 - c)) for c in (8, 48, 107))  # white -> dark blue
+            x = left + j * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline=(200, 200, 200))
+            ink = "white" if share > 0.5 else "black"
+            draw.text((x + 4, y + cell // 2 - 14), f"{count}", fill=ink, font=font)
+            draw.text((x + 4, y + cell // 2 + 2), f"{100 * share:.1f}%" if total else "-", fill=ink, font=font)
+    image.save(path)
+
+
+def json_safe(value: object) -> object:
+    """NaN -> None (JSON null), recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -93,12 +93,12 @@ def test_predict_accepts_folders_and_globs(trained, tmp_path):
     data, _, run = trained
     ckpt = str(run / "checkpoints" / "best.pt")
     assert main(["predict", "-m", ckpt, "-i", str(data / "imgs"), "-o", str(tmp_path / "a"), "--quiet"]) == 0
-    assert len(list((tmp_path / "a").iterdir())) == 12
+    assert len(list((tmp_path / "a").glob("*.png"))) == 12 and (tmp_path / "a" / "predictions.csv").is_file()
     assert (
         main(["predict", "-m", ckpt, "-i", str(data / "imgs" / "img00[12].png"), "-o", str(tmp_path / "b"), "--quiet"])
         == 0
     )
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["img001.png", "img002.png"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.png")) == ["img001.png", "img002.png"]
 
 
 def test_python_api_predicts_from_path_pil_and_array(trained):

@@ -35,6 +35,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
             kwargs["type"] = {"int": int, "float": float}.get(kind, str)
             if meta.get("choices"):
                 kwargs["choices"] = meta["choices"]
+            if meta.get("const") is not None:
+                kwargs.update(nargs="?", const=meta["const"])
         if f.default is not dataclasses.MISSING and f.default is not None and kind != "bool":
             kwargs["help"] += f" (default: {f.default})"
         parser.add_argument(*flags, **kwargs)
@@ -90,7 +92,7 @@ def evaluate_command(values: dict) -> int:
 
 
 def predict_command(values: dict) -> int:
-    from unetseg.predict import predict_files
+    from unetseg.predict_cli import predict_files
 
     predict_files(build(PredictConfig, values))
     return 0

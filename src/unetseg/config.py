@@ -16,9 +16,12 @@ import yaml
 from unetseg.errors import UserError
 
 
-def option(default: Any, help: str, *flags: str, choices: tuple | None = None) -> Any:
-    """A dataclass field that the CLI turns into ``--name`` (plus ``flags``)."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+def option(default: Any, help: str, *flags: str, choices: tuple | None = None, const: Any = None) -> Any:
+    """A dataclass field that the CLI turns into ``--name`` (plus ``flags``).
+
+    ``const`` makes the value optional on the command line: ``--name`` alone means ``const``.
+    """
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "const": const})
 
 
 @dataclass
@@ -156,12 +159,48 @@ class PredictConfig:
     output: str | None = option(None, "output folder, or a file name when there is one input", "-o")
     scale: float | None = option(None, "input scale; default: the scale the model was trained at", "-s")
     threshold: float = option(0.5, "probability threshold for one-output (sigmoid) models", "-t")
+    format: str = option(
+        "value",
+        "mask format: value (the training masks' own values), index (class indices 0..K-1), "
+        "color (RGB colours of the class map)",
+        choices=("value", "index", "color"),
+    )
     viz: bool = option(False, "also write an overlay of the mask on the image (<name>_overlay.png)", "--overlay")
+    probs: bool = option(
+        False,
+        "also write class probabilities: <name>_probs.png (16-bit foreground probability) for binary models, "
+        "<name>_probs.npy (float16, K x H x W) otherwise",
+    )
+    tile: int | None = option(
+        None, "sliding-window inference on tiles of this many pixels (of the scaled image), Gaussian-blended"
+    )
+    overlap: float = option(0.5, "share of a tile that neighbouring tiles overlap (with --tile)")
+    tta: str | None = option(
+        None,
+        "test-time augmentation: --tta (flips, 4 views) or --tta full (flips and 90-degree turns, 8 views)",
+        choices=("flips", "full"),
+        const="flips",
+    )
     suffix: str = option(".png", "file type of the written masks")
-    batch_size: int = option(4, "images per batch", "-b")
+    batch_size: int = option(8, "images per batch on the device (windows per batch with --tile)", "-b")
+    workers: int | None = option(None, "threads that decode images, and as many that write results (default: cores/2)")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
-    amp: bool = option(False, "mixed-precision inference")
+    amp: bool = option(False, "mixed-precision inference (bf16 where supported)")
     quiet: bool = option(False, "print nothing but errors")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.scale is None or 0 < self.scale <= 16, "-s/--scale must be in (0, 16]"),
+            (0 < self.threshold < 1, "-t/--threshold must be in (0, 1)"),
+            (self.batch_size >= 1, "-b/--batch-size must be at least 1"),
+            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        from unetseg.tiling import check_tiling  # torch-free config module: import only when checking
+
+        check_tiling(self.tile, self.overlap)
 
 
 def parse_duration(text: str) -> float:

@@ -1,29 +1,40 @@
-"""Prediction: a loaded model that turns images into masks, and the ``unetseg predict`` command."""
+"""Prediction from Python: ``model = unetseg.load("best.pt")``, then ``model.predict(image)``.
+
+Images are resized by the scale the model was trained at (bicubic), run through the model, and the logits are
+resized back to the input size (bilinear) before softmax/sigmoid, exactly as Pytorch-UNet's ``predict.py`` does.
+``tile`` runs the model on overlapping windows (:mod:`unetseg.tiling`), ``tta`` averages flipped/turned views
+in probability space (:mod:`unetseg.tta`). A list of images is predicted in batches of same-size images.
+"""
 
 from __future__ import annotations
 
-import glob
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
-from unetseg.config import PredictConfig
+from unetseg import tta as tta_views
 from unetseg.data.classmap import ClassMap
 from unetseg.data.dataset import match_channels, resize_image, scaled_size
-from unetseg.data.io import IMAGE_SUFFIXES, is_image_file, read_image, to_image_dtype, write_mask
+from unetseg.data.io import read_image, to_image_dtype
 from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
 from unetseg.errors import UserError
+from unetseg.tiling import check_tiling, sliding_window
+
+FORMATS = ("value", "index", "color")
 
 
 class Segmenter:
     """A model ready to predict: ``unetseg.load("best.pt").predict(image)``.
 
-    ``image`` is a path, a PIL image, or a NumPy array (H x W or H x W x C; uint8, uint16 or float in [0, 1]).
+    ``image`` is a path, a PIL image, or a NumPy array (H x W or H x W x C; uint8, uint16 or float in [0, 1]),
+    or a list of them. Options of :meth:`predict` and :meth:`predict_proba`: ``scale`` (default: the training
+    scale), ``tile`` and ``overlap`` (sliding windows of ``tile`` pixels of the scaled image), ``tta``
+    (``"flips"`` or ``"full"``), ``batch_size`` (images, or windows when tiling, per forward pass).
     """
 
     def __init__(self, checkpoint: dict, device: str = "auto", amp: bool = False) -> None:
@@ -32,6 +43,7 @@ class Segmenter:
         self.dtype = choose_dtype("fp32", amp, self.device)
         self.model = build_model(checkpoint).to(self.device)
         self.class_map = ClassMap.from_dict(checkpoint["class_map"])
+        self.outputs = int(checkpoint["model"]["n_classes"])  # 1: one sigmoid output for two classes
         self.norm = checkpoint["norm"]
         self.channels = int(checkpoint["channels"])
         self.scale = float(checkpoint.get("scale", 1.0))
@@ -43,7 +55,9 @@ class Segmenter:
     def from_file(cls, path: str | Path, device: str = "auto", amp: bool = False) -> Segmenter:
         return cls(load_checkpoint(path), device, amp)
 
-    def _as_array(self, image: object) -> np.ndarray:
+    def prepare(self, image: object) -> np.ndarray:
+        """Any supported image -> ``(H, W, C)`` uint8/uint16 with the model's channel count."""
+        name = image if isinstance(image, (str, Path)) else "image"
         if isinstance(image, (str, Path)):
             array = read_image(image)
         elif isinstance(image, Image.Image):
@@ -52,114 +66,145 @@ class Segmenter:
             array = image
         else:
             raise UserError(f"cannot predict on a {type(image).__name__}; pass a path, a PIL image or a NumPy array")
-        array = to_image_dtype(np.asarray(array), "image")
-        return match_channels(array[:, :, None] if array.ndim == 2 else array, self.channels)
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating) and array.size and 0 <= np.nanmin(array) <= np.nanmax(array) <= 1:
+            # Floats in [0, 1] are a share of the value range the model was trained on (255 for 8-bit images).
+            top = float(self.norm["scale"])
+            array = np.round(array * top).astype(np.uint8 if top <= 255 else np.uint16)
+        array = to_image_dtype(array, name)
+        if array.ndim not in (2, 3):
+            raise UserError(f"{name}: expected an H x W or H x W x C image, got an array of shape {array.shape}")
+        return match_channels(array[:, :, None] if array.ndim == 2 else array, self.channels, name)
 
-    @torch.inference_mode()
-    def predict_proba(self, image: object, scale: float | None = None) -> np.ndarray:
-        """Class probabilities ``(K, H, W)`` float32 at the input's own size (K = 1 for sigmoid models)."""
-        logits = self._logits(self._as_array(image), scale)
-        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
-        return probs.cpu().numpy()
-
-    def _logits(self, array: np.ndarray, scale: float | None) -> torch.Tensor:
-        """Resize by ``scale`` (bicubic), run the model, and bring logits back to the input size (bilinear)."""
-        height, width = array.shape[:2]
+    def model_input(self, array: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """A prepared image resized by ``scale`` (default: the training scale), bicubic as Pytorch-UNet."""
         scale = self.scale if scale is None else scale
-        resized = resize_image(array, scaled_size(height, width, scale))
-        x = normalize(torch.from_numpy(np.array(resized))[None], self.norm, self.device, self.channels_last)
-        with autocast(self.device, self.dtype):
-            logits = self.model(x).float()
-        return F.interpolate(logits, (height, width), mode="bilinear")[0]  # (K, H, W), as Pytorch-UNet
+        return resize_image(array, scaled_size(array.shape[0], array.shape[1], scale))
 
     @torch.inference_mode()
-    def predict_index(self, image: object, scale: float | None = None, threshold: float = 0.5) -> np.ndarray:
-        """Class indices ``(H, W)``."""
-        logits = self._logits(self._as_array(image), scale)
-        if logits.shape[0] == 1:
-            return (torch.sigmoid(logits[0]) > threshold).cpu().numpy().astype(np.uint8)
-        return logits.argmax(0).cpu().numpy().astype(np.uint8)
+    def infer(
+        self,
+        pixels: torch.Tensor,
+        size: tuple[int, int],
+        tile: int | None = None,
+        overlap: float = 0.5,
+        tta: str | None = None,
+        batch_size: int = 8,
+    ) -> torch.Tensor:
+        """Probabilities ``(B, K, *size)`` float32 for uint pixels ``(B, h, w, C)`` of model-input size.
 
-    def predict(self, image: object, scale: float | None = None, threshold: float = 0.5) -> np.ndarray | list:
-        """The mask in the training masks' own values; a list of images gives a list of masks."""
-        if isinstance(image, list):
-            return [self.predict(i, scale, threshold) for i in image]
-        return self.class_map.decode(self.predict_index(image, scale, threshold))
+        K is 1 for a sigmoid model. The result is on the device, or on the host when tiles were stitched there.
+        """
+        x = normalize(pixels, self.norm, self.device, self.channels_last)
+
+        def probabilities(view: torch.Tensor, view_size: tuple[int, int]) -> torch.Tensor:
+            if tile:
+                logits = sliding_window(self._logits, view, tile, overlap, batch_size, num_classes=self.outputs)
+            else:
+                logits = self._logits(view).float()
+            # Resize logits, not probabilities, as Pytorch-UNet does: its masks stay identical to ours.
+            logits = F.interpolate(logits, view_size, mode="bilinear")
+            return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
+
+        return tta_views.average(probabilities, x, size, tta)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # flipped and turned views are strided copies
+        with autocast(self.device, self.dtype):
+            return self.model(x)
+
+    def to_index(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """Class indices ``(B, H, W)`` uint8: argmax, or probability > ``threshold`` for a sigmoid model."""
+        if probs.shape[1] == 1:
+            return (probs[:, 0] > threshold).to(torch.uint8)
+        return probs.argmax(1).to(torch.uint8)
+
+    def encode(self, index: np.ndarray, format: str = "value") -> np.ndarray:
+        """Class indices -> the mask to hand out: training mask values, indices, or RGB colours."""
+        if format == "value":
+            return self.class_map.decode(index)
+        if format == "index":
+            return index
+        if format == "color":
+            return np.asarray(self.class_map.colors, dtype=np.uint8)[index]
+        raise UserError(f"--format {format}: unknown; use one of {', '.join(FORMATS)}")
+
+    def batches(
+        self, images: list, scale: float | None, batch_size: int, **options: object
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Probabilities for ``images`` in batches of same-size images: (positions in ``images``, probs)."""
+        if batch_size < 1:
+            raise UserError("batch_size must be at least 1")
+        check_tiling(options.get("tile"), options.get("overlap", 0.5))
+        tta_views.views(options.get("tta"))  # an unknown mode fails before any image is read
+        arrays = [self.prepare(image) for image in images]
+        groups: dict[tuple, list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault((array.shape, array.dtype.str), []).append(i)
+        for positions in groups.values():
+            for start in range(0, len(positions), batch_size):
+                chunk = positions[start : start + batch_size]
+                pixels = torch.from_numpy(np.stack([self.model_input(arrays[i], scale) for i in chunk]))
+                size = arrays[chunk[0]].shape[:2]
+                yield chunk, self.infer(pixels, size, batch_size=batch_size, **options)
+
+    def predict_proba(
+        self,
+        image: object,
+        scale: float | None = None,
+        tile: int | None = None,
+        overlap: float = 0.5,
+        tta: str | None = None,
+        batch_size: int = 8,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Class probabilities ``(K, H, W)`` float32 at the input's own size (K = 1 for sigmoid models)."""
+        options = {"tile": tile, "overlap": overlap, "tta": tta}
+        return self._each(image, scale, batch_size, options, lambda probs: probs.cpu().numpy())
+
+    def predict(
+        self,
+        image: object,
+        scale: float | None = None,
+        threshold: float = 0.5,
+        tile: int | None = None,
+        overlap: float = 0.5,
+        tta: str | None = None,
+        batch_size: int = 8,
+        format: str = "value",
+    ) -> np.ndarray | list[np.ndarray]:
+        """The mask ``(H, W)`` (``(H, W, 3)`` for colours) in the training masks' own values, or ``format``
+        ``"index"`` (class indices) or ``"color"`` (the class map's colours); a list gives a list of masks."""
+        if format not in FORMATS:
+            raise UserError(f"format {format!r}: unknown; use one of {', '.join(FORMATS)}")
+        options = {"tile": tile, "overlap": overlap, "tta": tta}
+
+        def masks(probs: torch.Tensor) -> list[np.ndarray]:
+            return [self.encode(index, format) for index in self.to_index(probs, threshold).cpu().numpy()]
+
+        return self._each(image, scale, batch_size, options, masks)
+
+    def _each(
+        self,
+        image: object,
+        scale: float | None,
+        batch_size: int,
+        options: dict,
+        convert: Callable[[torch.Tensor], list],
+    ) -> object:
+        """Run ``convert`` on each batch's probabilities; one result per image, in the given order."""
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        results: list = [None] * len(images)
+        for positions, probs in self.batches(images, scale, batch_size, **options):
+            for i, result in zip(positions, convert(probs)):
+                results[i] = result
+        return results if isinstance(image, (list, tuple)) else results[0]
+
+    def predict_index(self, image: object, scale: float | None = None, threshold: float = 0.5) -> np.ndarray:
+        """Class indices ``(H, W)`` uint8."""
+        return self.predict(image, scale, threshold, format="index")
 
 
 def load(path: str | Path, device: str = "auto", amp: bool = False) -> Segmenter:
     """Load a unetseg or Pytorch-UNet checkpoint for prediction."""
     return Segmenter.from_file(path, device, amp)
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their image files) and globs -> image paths, in order, without duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if is_image_file(p))
-        elif path.is_file():
-            found.append(path)
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [p for p in matches if is_image_file(p)]
-            if not matches:
-                raise UserError(f"-i {item}: the pattern matches no files")
-        else:
-            raise UserError(f"-i {item}: no such file or folder")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"-i {' '.join(inputs)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return unique
-
-
-def output_paths(inputs: list[Path], output: str | None, suffix: str) -> list[Path]:
-    """Where each mask goes: ``<OUT>/<stem>.png``, a single named file, or ``<stem>_OUT.png`` beside the input."""
-    if output and len(inputs) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES:
-        return [Path(output)]
-    if output:
-        return [Path(output) / f"{p.stem}{suffix}" for p in inputs]
-    return [p.with_name(f"{p.stem}_OUT{suffix}") for p in inputs]
-
-
-def overlay(image: np.ndarray, index: np.ndarray, class_map: ClassMap, alpha: float = 0.5) -> np.ndarray:
-    """The image in grey/RGB with each foreground class blended in its colour."""
-    base = image.astype(np.float32)
-    if image.dtype != np.uint8:
-        base = base / max(float(base.max()), 1.0) * 255
-    base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base[:, :, :3]
-    colors = np.array(class_map.colors, dtype=np.float32)[index]
-    blend = np.where((index > 0)[:, :, None], (1 - alpha) * base + alpha * colors, base)
-    return blend.clip(0, 255).astype(np.uint8)
-
-
-def predict_files(cfg: PredictConfig) -> list[Path]:
-    """``unetseg predict``: one mask per input, at the input's resolution, in the training masks' values."""
-    if not cfg.model_path:
-        raise UserError("-m/--model is required: the checkpoint to predict with")
-    if not cfg.input:
-        raise UserError("-i/--input is required: image files, folders or globs")
-    segmenter = load(cfg.model_path, cfg.device, cfg.amp)
-    inputs = expand_inputs(cfg.input)
-    outputs = output_paths(inputs, cfg.output, cfg.suffix)
-    empty = 0
-    for source, target in tqdm(list(zip(inputs, outputs)), desc="predict", unit="img", disable=cfg.quiet):
-        image = read_image(source)
-        index = segmenter.predict_index(image, cfg.scale, cfg.threshold)
-        empty += int(not index.any())
-        write_mask(target, segmenter.class_map.decode(index))
-        if cfg.viz:
-            shown = match_channels(image, segmenter.channels)
-            Image.fromarray(overlay(shown, index, segmenter.class_map)).save(
-                target.with_name(f"{target.stem}_overlay.png")
-            )
-    if empty == len(inputs) and not cfg.quiet:
-        print(
-            f"warning: all {empty} predicted masks are empty (background only); check --scale, --threshold "
-            "and that the model was trained on images like these"
-        )
-    if not cfg.quiet:
-        where = outputs[0].parent if len(outputs) > 1 else outputs[0]
-        print(f"wrote {len(outputs)} mask(s) to {where}")
-    return outputs

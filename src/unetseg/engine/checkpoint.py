@@ -18,7 +18,7 @@ from torch import nn
 
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
-from unetseg.models import create_model
+from unetseg.models import create_model, model_spec
 
 FORMAT = "unetseg-checkpoint"
 VERSION = 1
@@ -101,6 +101,22 @@ def _from_pytorch_unet(state: dict) -> dict:
         "norm": {"scale": 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
         "class_map": ClassMap(values=list(mask_values)).to_dict(),
         "scale": PYTORCH_UNET_SCALE,
+        "config": {},
+    }
+
+
+def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: dict, scale: float = 1.0) -> dict:
+    """A checkpoint for prediction and evaluation only (no training state): for tests, benchmarks, conversions."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": "unetseg",
+        "model": model_spec(model),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "channels": model.n_channels,
+        "norm": norm,
+        "class_map": class_map.to_dict(),
+        "scale": scale,
         "config": {},
     }
 

@@ -1,0 +1,192 @@
+"""``unetseg predict``: masks for any number of image files, folders and globs, as a pipeline.
+
+Decoder threads read and resize images ahead of the device; same-size images are batched; the device runs the
+model and copies compact results back without waiting; writer threads encode and save each result as it is ready;
+the progress bar counts written images. Memory stays bounded: only a few batches are in flight at any time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from unetseg.config import PredictConfig
+from unetseg.data.io import IMAGE_SUFFIXES, is_image_file
+from unetseg.errors import UserError
+from unetseg.predict import Segmenter, load
+from unetseg.writers import HostBatch, overlay, sidecar, to_host, write_mask_file, write_probs, write_table
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their image files) and globs -> image paths, in order, without duplicates."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if is_image_file(p))
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            found += [p for p in matches if is_image_file(p)]
+            if not matches:
+                raise UserError(f"-i {item}: the pattern matches no files")
+        else:
+            raise UserError(f"-i {item}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise UserError(f"-i {' '.join(inputs)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return unique
+
+
+def output_paths(inputs: list[Path], output: str | None, suffix: str) -> list[Path]:
+    """Where each mask goes: ``<OUT>/<stem>.png``, a single named file, or ``<stem>_OUT.png`` beside the input."""
+    if output and len(inputs) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES:
+        return [Path(output)]
+    if output:
+        targets = [Path(output) / f"{p.stem}{suffix}" for p in inputs]
+    else:
+        targets = [p.with_name(f"{p.stem}_OUT{suffix}") for p in inputs]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(inputs, targets):
+        if target in seen:
+            raise UserError(
+                f"{seen[target]} and {source} would both be written to {target}; "
+                "predict them into separate -o folders or rename one"
+            )
+        seen[target] = source
+    return targets
+
+
+@dataclass
+class Decoded:
+    """One input, decoded and resized for the model."""
+
+    position: int
+    pixels: np.ndarray  # (h, w, C) model input
+    size: tuple[int, int]  # (H, W) of the input: masks are written at this size
+    image: np.ndarray | None  # the full-size image, kept only for --overlay
+
+
+def decode(segmenter: Segmenter, position: int, path: Path, scale: float | None, keep: bool) -> Decoded:
+    image = segmenter.prepare(path)
+    return Decoded(position, segmenter.model_input(image, scale), image.shape[:2], image if keep else None)
+
+
+def decoded_batches(
+    segmenter: Segmenter, paths: list[Path], cfg: PredictConfig, pool: ThreadPoolExecutor, workers: int
+) -> Iterator[list[Decoded]]:
+    """Batches of same-size images, decoded ahead in ``pool``; a batch leaves once full, the rest at the end."""
+    ahead = 2 * max(cfg.batch_size, workers)  # enough to keep every decoder busy, few enough for memory
+    todo = iter(enumerate(paths))
+    futures: deque[Future] = deque()
+    groups: dict[tuple, list[Decoded]] = {}
+
+    def refill() -> None:
+        for position, path in todo:
+            futures.append(pool.submit(decode, segmenter, position, path, cfg.scale, cfg.viz))
+            if len(futures) >= ahead:
+                return
+
+    refill()
+    while futures:
+        item = futures.popleft().result()
+        refill()
+        key = (item.pixels.shape, item.pixels.dtype.str, item.size)
+        groups.setdefault(key, []).append(item)
+        if len(groups[key]) == cfg.batch_size:
+            yield groups.pop(key)
+    yield from groups.values()
+
+
+def run_batch(segmenter: Segmenter, batch: list[Decoded], cfg: PredictConfig) -> HostBatch:
+    """The device's part: upload, infer, indices, and the start of the copies back."""
+    pixels = torch.from_numpy(np.stack([d.pixels for d in batch]))
+    if segmenter.device.type == "cuda":
+        pixels = pixels.pin_memory()  # page-locked, so the upload in normalize() runs without blocking
+    probs = segmenter.infer(pixels, batch[0].size, cfg.tile, cfg.overlap, cfg.tta, cfg.batch_size)
+    index = segmenter.to_index(probs, cfg.threshold)
+    return to_host(index, probs, segmenter.class_map.num_classes, cfg.probs)
+
+
+def write_result(
+    segmenter: Segmenter, cfg: PredictConfig, item: Decoded, result: HostBatch, j: int, source: Path, target: Path
+) -> dict:
+    """A writer thread's part: the files of one image, and its row of ``predictions.csv``."""
+    result.wait()
+    index = result.index[j].numpy()
+    write_mask_file(target, segmenter.encode(index, cfg.format))
+    if cfg.viz:
+        Image.fromarray(overlay(item.image, index, segmenter.class_map)).save(sidecar(target, "overlay", ".png"))
+    if cfg.probs:
+        write_probs(target, result.probs[j].numpy())
+    pixels = index.size
+    counts = result.counts[j].tolist()
+    row = {"image": str(source), "mask": str(target), "height": item.size[0], "width": item.size[1]}
+    return row | {f"fraction_{n}": counts[k] / pixels for k, n in enumerate(segmenter.class_map.names) if k}
+
+
+def predict_files(cfg: PredictConfig) -> list[Path]:
+    """``unetseg predict``: one mask per input, at the input's resolution, in the format asked for."""
+    if not cfg.model_path:
+        raise UserError("-m/--model is required: the checkpoint to predict with")
+    if not cfg.input:
+        raise UserError("-i/--input is required: image files, folders or globs")
+    segmenter = load(cfg.model_path, cfg.device, cfg.amp)
+    inputs = expand_inputs(cfg.input)
+    outputs = output_paths(inputs, cfg.output, cfg.suffix)
+    rows: list[dict] = [{}] * len(inputs)
+    workers = cfg.workers or max(1, (os.cpu_count() or 2) // 2)
+    decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    writers = ThreadPoolExecutor(workers, thread_name_prefix="write")
+    pending: deque[tuple[int, Future]] = deque()
+    bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=cfg.quiet)
+
+    def collect(keep: int) -> None:
+        """Record finished writes in order, waiting while more than ``keep`` are in flight."""
+        while pending and (pending[0][1].done() or len(pending) > keep):
+            position, future = pending.popleft()
+            rows[position] = future.result()
+            bar.update(1)
+
+    try:
+        for batch in decoded_batches(segmenter, inputs, cfg, decoders, workers):
+            result = run_batch(segmenter, batch, cfg)
+            for j, item in enumerate(batch):
+                args = (segmenter, cfg, item, result, j, inputs[item.position], outputs[item.position])
+                pending.append((item.position, writers.submit(write_result, *args)))
+            collect(keep=4 * cfg.batch_size)
+        collect(keep=0)
+    finally:
+        bar.close()
+        for pool in (decoders, writers):
+            pool.shutdown(wait=True, cancel_futures=True)
+    table = outputs[0].parent / "predictions.csv"
+    write_table(table, rows)
+    report(cfg, rows, outputs, table)
+    return outputs
+
+
+def report(cfg: PredictConfig, rows: list[dict], outputs: list[Path], table: Path) -> None:
+    """The all-empty warning (the "my predictions are black" trap) and where the files went."""
+    empty = sum(1 for row in rows if not any(v for k, v in row.items() if k.startswith("fraction_")))
+    if empty == len(rows):
+        print(
+            f"warning: all {empty} predicted masks are empty (background only); check --scale, --threshold "
+            "and that the model was trained on images like these",
+            file=sys.stderr,
+        )
+    if not cfg.quiet:
+        where = outputs[0].parent if len(outputs) > 1 else outputs[0]
+        print(f"wrote {len(outputs)} mask(s) to {where}; per-image foreground fractions in {table}")

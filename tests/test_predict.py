@@ -174,3 +174,10 @@ def test_unsupported_inputs_are_user_errors():
         seg.predict({})
     with pytest.raises(UserError, match="not supported"):
         seg.predict(np.full((8, 8), -3.0))
+
+
+def test_class_indices_equal_argmax_including_ties():
+    probs = torch.rand(2, 4, 9, 7)
+    probs[:, 3] = probs[:, 1]  # equal scores: the first class wins, as with argmax
+    probs[0, :, 0, 0] = 0.25
+    assert torch.equal(segmenter().to_index(probs), probs.argmax(1).to(torch.uint8))

@@ -137,13 +137,16 @@ def write_result(
     return row | {f"fraction_{n}": counts[k] / pixels for k, n in enumerate(segmenter.class_map.names) if k}
 
 
-def predict_files(cfg: PredictConfig) -> list[Path]:
-    """``unetseg predict``: one mask per input, at the input's resolution, in the format asked for."""
-    if not cfg.model_path:
+def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> list[Path]:
+    """``unetseg predict``: one mask per input, at the input's resolution, in the format asked for.
+
+    ``segmenter`` reuses a loaded model (then ``cfg.model_path``, ``device`` and ``amp`` are not used).
+    """
+    if not cfg.model_path and segmenter is None:
         raise UserError("-m/--model is required: the checkpoint to predict with")
     if not cfg.input:
         raise UserError("-i/--input is required: image files, folders or globs")
-    segmenter = load(cfg.model_path, cfg.device, cfg.amp)
+    segmenter = segmenter or load(cfg.model_path, cfg.device, cfg.amp)
     inputs = expand_inputs(cfg.input)
     outputs = output_paths(inputs, cfg.output, cfg.suffix)
     rows: list[dict] = [{}] * len(inputs)

@@ -166,3 +166,14 @@ def test_worst_images_are_the_lowest_foreground_dice(report):
     scores = sorted(r["dice_fg"] for r in report["per_image"])
     assert [r["dice_fg"] for r in worst] == scores[:2]
     assert report["classes"][1]["name"] == "cell" and "hd95" in report["classes"][1]
+
+
+def test_boundary_without_scipy_is_a_clear_error(monkeypatch):
+    import sys
+
+    from unetseg.boundary import require_scipy
+    from unetseg.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # what an environment without scipy looks like to import
+    with pytest.raises(UserError, match="pip install scipy"):
+        require_scipy()

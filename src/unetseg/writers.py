@@ -33,9 +33,8 @@ def to_host(index: torch.Tensor, probs: torch.Tensor, num_classes: int, with_pro
 
     Class counts and the compact probability encodings are computed on the device, so only small tensors travel.
     """
-    batch = index.shape[0]
-    offsets = torch.arange(batch, device=index.device).view(-1, 1, 1) * num_classes
-    counts = torch.bincount((index.long() + offsets).flatten(), minlength=batch * num_classes).view(batch, -1)
+    # One comparison per class rather than bincount, which waits for the GPU to learn its output size.
+    counts = torch.stack([(index == k).sum((1, 2)) for k in range(num_classes)], dim=1)  # (B, K)
     packed = None
     if with_probs and num_classes == 2:
         packed = (probs[:, -1] * 65535).round().to(torch.int32)  # foreground probability as 16-bit integers

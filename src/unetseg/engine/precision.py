@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -60,12 +61,18 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std ``(1, C, 1, 1)`` on the device, made once: each upload from the host is a CPU-GPU sync point."""
+    with torch.inference_mode(False):  # cached tensors must also serve code that runs outside inference mode
+        return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
+
+
 def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
     if images.dtype == torch.uint16:
         images = images.to(torch.int32)  # few ops accept uint16
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
+    mean, std = _channel_stats(tuple(norm["mean"]), tuple(norm["std"]), device)
     x = (x / float(norm["scale"]) - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,33 +43,37 @@ NORM = {"scale": 255.0, "mean": [0.69, 0.69, 0.70], "std": [0.24, 0.24, 0.24]}
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
-    """JPEG photos of a car-like shape on a studio background (smooth gradient and sensor noise)."""
+    """JPEG photos of a car-like shape on a studio background (smooth gradient and sensor noise), made in threads."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     width, height = size
-    paths = []
-    for i in range(count):
-        path = folder / f"car{i:04d}.jpg"
-        paths.append(path)
-        if path.exists():
-            continue
-        ramp = np.linspace(200, 240, width, dtype=np.float32)[None, :, None]
-        pixels = np.clip(ramp + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels)
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(200, 240, width, dtype=np.float32)[None, :, None]
+    background = np.clip(ramp + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)  # drawn once: slow
+    shapes = rng.uniform(size=(count, 7))
+    paths = [folder / f"car{i:04d}.jpg" for i in range(count)]
+
+    def draw_car(i: int) -> None:
+        if paths[i].exists():
+            return
+        image = Image.fromarray(np.roll(background, i * 37, axis=1))
         draw = ImageDraw.Draw(image)
-        color = tuple(int(c) for c in rng.integers(0, 200, 3))
-        x0, y0 = int(width * rng.uniform(0.1, 0.2)), int(height * rng.uniform(0.35, 0.45))
-        x1, y1 = int(width * rng.uniform(0.8, 0.9)), int(height * rng.uniform(0.7, 0.8))
+        u = shapes[i]
+        color = tuple(int(200 * c) for c in u[4:7])
+        x0, y0 = int(width * (0.1 + 0.1 * u[0])), int(height * (0.35 + 0.1 * u[1]))
+        x1, y1 = int(width * (0.8 + 0.1 * u[2])), int(height * (0.7 + 0.1 * u[3]))
         draw.rounded_rectangle([x0, y0, x1, y1], radius=max(2, (y1 - y0) // 3), fill=color)
         draw.ellipse([x0 + (x1 - x0) // 4, y0 - (y1 - y0) // 2, x1 - (x1 - x0) // 4, y0 + (y1 - y0) // 3], fill=color)
         for cx in (x0 + (x1 - x0) // 5, x1 - (x1 - x0) // 5):
             r = (y1 - y0) // 4
             draw.ellipse([cx - r, y1 - r, cx + r, y1 + r], fill=(20, 20, 20))
-        image.save(path, quality=90)
+        image.save(paths[i], quality=90)
+
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(draw_car, range(count)))
     return paths
 
 
-def random_checkpoint(path: Path, width: int, scale: float, sample: Path) -> Path:
+def random_checkpoint(path: Path, width: int, scale: float, sample: Path, device: str) -> Path:
     """A random U-Net whose output bias is set so that 30% of ``sample`` is foreground, like a car in a photo.
 
     Its masks then look like a real model's (a car-shaped blob on these images), so writing them costs what it
@@ -76,7 +81,7 @@ def random_checkpoint(path: Path, width: int, scale: float, sample: Path) -> Pat
     """
     torch.manual_seed(0)
     model = UNet(3, 2, width=width).eval()
-    probs = Segmenter(inference_checkpoint(model, ClassMap([0, 255]), NORM, scale), "cpu").predict_proba(sample)
+    probs = Segmenter(inference_checkpoint(model, ClassMap([0, 255]), NORM, scale), device).predict_proba(sample)
     margin = np.log(probs[1] + 1e-12) - np.log(probs[0] + 1e-12)  # logit of class 1 minus logit of class 0
     with torch.no_grad():
         model.outc.conv.bias[1] -= float(np.quantile(margin, 0.7))
@@ -117,7 +122,8 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
 def bench_width(args: argparse.Namespace, paths: list[Path], work: Path, width: int) -> list[dict]:
     """Rows of the table for one model width: unetseg with and without TTA, and the naive loop."""
     device = resolve_device(args.device)
-    ckpt = Path(args.model) if args.model else random_checkpoint(work / f"unet{width}.pt", width, args.scale, paths[0])
+    ckpt = Path(args.model) if args.model else None
+    ckpt = ckpt or random_checkpoint(work / f"unet{width}.pt", width, args.scale, paths[0], args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     segmenter = load(ckpt, args.device, amp)
     if args.compile:
@@ -144,11 +150,12 @@ def bench_width(args: argparse.Namespace, paths: list[Path], work: Path, width: 
         rows.append(row(width, label, len(paths), seconds, str(segmenter.dtype)))
     if args.compare_naive:
         model = load(ckpt, args.device).model.to(memory_format=torch.contiguous_format)
-        naive_predict(model, paths[:1], work / "naive", args.scale, device)
-        seconds = timed(lambda: naive_predict(model, paths, work / "naive", args.scale, device), device)
-        rows.append(row(width, "naive (Pytorch-UNet loop)", len(paths), seconds, "torch.float32"))
+        subset = paths[: args.naive_count or len(paths)]
+        naive_predict(model, subset[:1], work / "naive", args.scale, device)
+        seconds = timed(lambda: naive_predict(model, subset, work / "naive", args.scale, device), device)
+        rows.append(row(width, "naive (Pytorch-UNet loop)", len(subset), seconds, "torch.float32"))
         for r in rows[:-1]:
-            r["vs naive"] = f"{seconds / r['seconds']:.1f}x"
+            r["vs naive"] = f"{(r['images'] / r['seconds']) / (len(subset) / seconds):.1f}x"
     return rows
 
 
@@ -187,6 +194,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (after a warm-up batch)")
     parser.add_argument("--compare-naive", action="store_true", help="also time a Pytorch-UNet-style loop")
+    parser.add_argument("--naive-count", type=int, help="images for the naive loop (default: --count); it is slow")
     parser.add_argument("-m", "--model", help="a trained checkpoint instead of random weights")
     parser.add_argument("--data", help="folder for the generated images (kept; default: a temporary folder)")
     parser.add_argument("--size", type=int, nargs=2, default=list(CARVANA), metavar=("W", "H"))

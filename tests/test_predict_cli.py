@@ -128,3 +128,31 @@ def test_bad_predict_options_exit_2(images, tmp_path, capsys, extra, needle):
     code = main(["predict", "-m", ckpt, "-i", str(images / "imgs" / "im0.png"), "-o", str(tmp_path / "o"), *extra])
     assert code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_images_of_many_sizes_do_not_pile_up_waiting_for_a_batch(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unetseg.config import PredictConfig
+    from unetseg.predict_cli import decoded_batches
+
+    decoded = []
+
+    class Sizes:
+        """Decodes ``<height>.png`` to an empty image of that height: every input has its own size."""
+
+        def prepare(self, path):
+            decoded.append(path)
+            return np.zeros((int(path.stem), 5, 1), np.uint8)
+
+        def model_input(self, array, scale):
+            return array
+
+    paths = [tmp_path / f"{h}.png" for h in range(10, 40)]
+    cfg = PredictConfig(model_path="m.pt", input=["x"], batch_size=4)
+    with ThreadPoolExecutor(1) as pool:
+        batches = decoded_batches(Sizes(), paths, cfg, pool, workers=1)
+        first = next(batches)
+        assert len(first) == 1 and len(decoded) < len(paths)  # a partial batch ran before everything was read
+        positions = [d.position for batch in [first, *batches] for d in batch]
+    assert sorted(positions) == list(range(30))

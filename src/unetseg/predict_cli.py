@@ -100,13 +100,20 @@ def decoded_batches(
                 return
 
     refill()
+    waiting = 0
     while futures:
         item = futures.popleft().result()
         refill()
         key = (item.pixels.shape, item.pixels.dtype.str, item.size)
         groups.setdefault(key, []).append(item)
+        waiting += 1
         if len(groups[key]) == cfg.batch_size:
+            waiting -= len(groups[key])
             yield groups.pop(key)
+        elif waiting > ahead:  # many sizes: run the oldest partial batch rather than hold every image in memory
+            oldest = next(iter(groups))
+            waiting -= len(groups[oldest])
+            yield groups.pop(oldest)
     yield from groups.values()
 
 

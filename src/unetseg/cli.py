@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import traceback
 
@@ -78,8 +79,41 @@ def train_command(values: dict) -> int:
         values = load_yaml(values["config"]) | values
     if not any(values.get(k) for k in ("data", "images", "masks")):
         values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
-    fit(build(TrainConfig, values), resume)
-    return 0
+    cfg = build(TrainConfig, values)
+    if cfg.nproc and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(cfg.nproc, argv_without_nproc())
+    return fit(cfg, resume)["exit_code"]
+
+
+def argv_without_nproc() -> list[str]:
+    """This command line minus ``--nproc N`` (the launched processes must not launch again)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    return args
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """``unetseg train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m unetseg train ...``."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "unetseg",
+        *args,
+    ]
+    print("launching: " + " ".join(command[2:]), file=sys.stderr)
+    return subprocess.call(command)
 
 
 def evaluate_command(values: dict) -> int:

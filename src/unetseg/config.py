@@ -59,9 +59,9 @@ class TrainConfig(DataConfig):
     momentum: float = option(0.9, "momentum for sgd and rmsprop (Pytorch-UNet's RMSprop used 0.999)")
     scheduler: str = option(
         "cosine",
-        "learning-rate schedule: cosine (smooth decay to the end of the run), "
+        "learning-rate schedule: cosine (smooth decay to the end of the run), poly (nnU-Net's (1 - t)^0.9), "
         "plateau (ReduceLROnPlateau on validation Dice, as Pytorch-UNet), constant",
-        choices=("cosine", "plateau", "constant"),
+        choices=("cosine", "poly", "plateau", "constant"),
     )
     warmup_steps: int = option(20, "linear warm-up steps; avoids the early blow-ups of a cold Adam")
     loss: str = option("ce+dice", "loss: ce+dice (CE/BCE plus soft Dice per class) or ce")
@@ -81,6 +81,11 @@ class TrainConfig(DataConfig):
     augment: str = option(
         "flips", "augmentation: flips (random flips and 90-degree turns) or none", choices=("flips", "none")
     )
+    accumulate: int = option(1, "accumulate gradients over this many batches per optimizer step")
+    ema: float | None = option(
+        None, "evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)"
+    )
+    patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
     val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
     val_batch_size: int = option(8, "images per validation batch")
     seed: int = option(0, "random seed for the split, the initial weights and the batch order")
@@ -93,7 +98,11 @@ class TrainConfig(DataConfig):
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
     logger: str = option("csv", "loggers, comma-separated (csv is always on)")
-    max_bad_steps: int = option(20, "stop after this many optimizer steps with a non-finite loss or gradient")
+    max_bad_steps: int = option(20, "stop after this many consecutive steps with a non-finite loss or gradient")
+    deterministic: bool = option(False, "deterministic kernels on GPU (slower); CPU runs are repeatable anyway")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")
+    nproc: int | None = option(None, "start this many training processes with torchrun (one per GPU)")
+    log_every: int = option(10, "read the loss and update progress every N steps (reading forces a device sync)")
     quiet: bool = option(False, "print nothing but errors")
 
     def __post_init__(self) -> None:
@@ -109,6 +118,11 @@ class TrainConfig(DataConfig):
             (self.patch_size is None or self.patch_size >= 16, "--patch-size must be at least 16"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.accumulate >= 1, "--accumulate must be at least 1"),
+            (self.ema is None or 0 < self.ema < 1, "--ema is a decay in (0, 1), e.g. 0.999"),
+            (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
+            (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

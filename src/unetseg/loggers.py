@@ -42,6 +42,18 @@ class RunLog:
             self.log_file.write(f"warning: {message}\n")
             self.log_file.flush()
 
+    @property
+    def wants_images(self) -> bool:
+        """True when a backend shows prediction panels at every validation round."""
+        return False
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Training scalars at the logging interval (loss, lr, img/s)."""
+
+    def validation(self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool) -> None:
+        """A validation round: its metrics.csv row (and, with backends, histograms and panels)."""
+        self.metrics(row)
+
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.csv; the header comes from the first row (a resumed run keeps it)."""
         if not self.csv_path:

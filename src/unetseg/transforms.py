@@ -5,16 +5,21 @@ from __future__ import annotations
 import torch
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, seed: int, offset: int = 0, total: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random horizontal/vertical flips per sample, and 90-degree turns when patches are square.
 
-    ``images`` ``(B, C, H, W)``, ``masks`` ``(B, H, W)``. Decisions come from ``seed``, so a resumed run repeats them.
+    ``images`` ``(B, C, H, W)``, ``masks`` ``(B, H, W)``. Decisions are drawn from ``seed`` for a global batch of
+    ``total`` samples of which these are ``offset`` on, so a resumed run, and N processes sharing a global batch,
+    make exactly the decisions of one uninterrupted process.
     """
-    gen = torch.Generator().manual_seed(seed)
     batch = images.shape[0]
-    choices = torch.rand(batch, 3, generator=gen) < 0.5  # (B, 3): hflip, vflip, rot90
+    total = total or batch
+    gen = torch.Generator().manual_seed(seed)
+    choices = (torch.rand(total, 3, generator=gen) < 0.5)[offset : offset + batch]  # (B, 3): hflip, vflip, rot90
     square = images.shape[-1] == images.shape[-2]
-    memory_format = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
+    channels_last = images.is_contiguous(memory_format=torch.channels_last)
     out_images, out_masks = [], []
     for i in range(batch):
         image, mask = images[i], masks[i]
@@ -27,6 +32,6 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, seed: int) -> tuple
         out_images.append(image)
         out_masks.append(mask)
     images = torch.stack(out_images)
-    if memory_format is not None:
-        images = images.contiguous(memory_format=memory_format)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     return images, torch.stack(out_masks)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetseg.data.classmap import IGNORE_INDEX, ClassMap
+from unetseg.data.classmap import ClassMap
 from unetseg.data.folder import Pair
 from unetseg.data.io import read_image, read_mask
 from unetseg.errors import UserError
@@ -133,47 +133,6 @@ def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int],
     n_val = min(count - 1, max(1, round(count * val_percent / 100)))
     order = np.random.default_rng(seed).permutation(count)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-
-
-class TrainBatches:
-    """Random-order batches of fixed-size patches, reproducible from (seed, epoch).
-
-    Images larger than the patch are cropped at a random place; smaller ones are padded (image 0, mask ignore).
-    The last partial batch is dropped unless the dataset is smaller than one batch.
-    """
-
-    def __init__(self, samples: list[Sample], batch_size: int, patch: tuple[int, int], seed: int) -> None:
-        self.samples, self.batch_size, self.patch, self.seed = samples, batch_size, patch, seed
-        self.batch_size = min(batch_size, len(samples))
-
-    def __len__(self) -> int:
-        return len(self.samples) // self.batch_size
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of epoch ``epoch`` from batch ``start`` on: (uint (B, H, W, C), uint8 (B, H, W))."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.samples))
-        corners = rng.random((len(order), 2))
-        for b in range(start, len(self)):
-            idx = range(b * self.batch_size, (b + 1) * self.batch_size)
-            crops = [self._crop(self.samples[order[i]], corners[i]) for i in idx]
-            images = torch.from_numpy(np.stack([c[0] for c in crops]))
-            masks = torch.from_numpy(np.stack([c[1] for c in crops]))
-            yield images, masks
-
-    def _crop(self, sample: Sample, corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ph, pw = self.patch
-        h, w = sample.image.shape[:2]
-        top, left = int(corner[0] * max(h - ph + 1, 1)), int(corner[1] * max(w - pw + 1, 1))
-        image = sample.image[top : top + ph, left : left + pw]
-        mask = sample.mask[top : top + ph, left : left + pw]
-        if image.shape[:2] != (ph, pw):
-            pad_image = np.zeros((ph, pw, image.shape[2]), dtype=image.dtype)
-            pad_mask = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
-            pad_image[: image.shape[0], : image.shape[1]] = image
-            pad_mask[: mask.shape[0], : mask.shape[1]] = mask
-            image, mask = pad_image, pad_mask
-        return image, mask
 
 
 def eval_batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from unetseg.data.dataset import Sample, eval_batches
+from unetseg.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from unetseg.engine.precision import autocast, normalize
 from unetseg.metrics import (
     class_scores,
@@ -30,12 +31,16 @@ def evaluate(
     batch_size: int = 8,
     channels_last: bool = True,
     threshold: float = 0.5,
+    dist_info: DistInfo | None = None,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
     Returns the pooled per-class scores, ``dice_fg`` (mean over foreground classes), per-image Dice, and loss-free
     counts; all integer accumulation stays on the device until the end (one host sync per evaluation).
+    Under DDP each rank scores every world-th image and the integer counts are summed: no image twice, none lost.
     """
+    info = dist_info or DistInfo()
+    samples = samples[info.rank :: info.world]
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -50,8 +55,10 @@ def evaluate(
         counts.append(per_image_counts(pred, target, num_classes))
         names += batch_names
     model.train(was_training)
+    all_reduce_sum(cm, info)
+    per_image = gather_lists(image_dice(torch.cat(counts)) if counts else [], info)
+    names = gather_lists(names, info)
     scores = class_scores(cm)
-    per_image = image_dice(torch.cat(counts)) if counts else []
     image_means = [foreground_mean(d) for d in per_image]
     valid_means = [m for m in image_means if not math.isnan(m)]
     return {

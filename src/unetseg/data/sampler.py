@@ -1,0 +1,60 @@
+"""Training batches: random order and crops reproducible from (seed, epoch), sharded across processes.
+
+Every process draws the same global plan and takes its own slice of each global batch, so N processes with
+batch b see exactly the samples that one process with batch N x b sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from unetseg.data.classmap import IGNORE_INDEX
+from unetseg.data.dataset import Sample
+
+
+class TrainBatches:
+    """Fixed-size patches in random order; the last partial global batch is dropped.
+
+    Images larger than the patch are cropped at a random place; smaller ones are padded (image 0, mask ignore).
+    ``batch_size`` is per process; a dataset smaller than one batch gives one smaller batch.
+    """
+
+    def __init__(
+        self, samples: list[Sample], batch_size: int, patch: tuple[int, int], seed: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.samples, self.patch, self.seed, self.rank, self.world = samples, patch, seed, rank, world
+        self.batch_size = max(1, min(batch_size, len(samples) // world))
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+    def __len__(self) -> int:
+        return len(self.samples) // self.global_batch
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's batches of ``epoch`` from batch ``start`` on: (uint (B, H, W, C), uint8 (B, H, W))."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.samples))
+        corners = rng.random((len(order), 2))
+        for b in range(start, len(self)):
+            first = b * self.global_batch + self.rank * self.batch_size
+            crops = [self._crop(self.samples[order[i]], corners[i]) for i in range(first, first + self.batch_size)]
+            yield torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
+
+    def _crop(self, sample: Sample, corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ph, pw = self.patch
+        h, w = sample.image.shape[:2]
+        top, left = int(corner[0] * max(h - ph + 1, 1)), int(corner[1] * max(w - pw + 1, 1))
+        image = sample.image[top : top + ph, left : left + pw]
+        mask = sample.mask[top : top + ph, left : left + pw]
+        if image.shape[:2] != (ph, pw):
+            pad_image = np.zeros((ph, pw, image.shape[2]), dtype=image.dtype)
+            pad_mask = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
+            pad_image[: image.shape[0], : image.shape[1]] = image
+            pad_mask[: mask.shape[0], : mask.shape[1]] = mask
+            image, mask = pad_image, pad_mask
+        return image, mask

@@ -94,6 +94,8 @@ def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: dis
     if cfg.load:
         load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
     if cfg.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
@@ -142,6 +144,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
     if resume is not None:
         restore(run, resume)
+        log.truncate_after(run.state.step)
     return run
 
 
@@ -165,7 +168,8 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     run.scaler.scale(loss / group).backward()
     if not last:
         return loss.detach(), None
-    run.schedule.set_step(state.step)
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget else math.inf
+    run.schedule.set_step(state.step, run.elapsed() / budget)
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     bad = ~torch.isfinite(norm)

@@ -200,3 +200,21 @@ def test_repeatable_with_a_seed(tmp_path):
         for n in ("a", "b")
     ]
     assert digest[0] == digest[1]
+
+
+def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path / "d", count=6, size=(32, 32))
+
+    class Broken(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(data), "-e", "1", "--compile", "--out", str(run), *BASE]) == 0
+    assert "continuing without it" in capsys.readouterr().err
+    assert weights(run)["state"]["step"] == 2

@@ -95,6 +95,9 @@ class TrainConfig(DataConfig):
     save_epochs: bool = option(True, "keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt)")
     time_budget: str | None = option(None, "stop cleanly after this long, e.g. 30m, 2h, 90s")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
+    compile: bool | None = option(
+        None, "torch.compile the training step; default: on for CUDA (faster steps after a one-off compile), off on CPU"
+    )
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
     logger: str = option("csv", "loggers, comma-separated (csv is always on)")

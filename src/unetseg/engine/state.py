@@ -59,6 +59,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)  # when this process began training
     val_cost: float = 0.0  # seconds the last validation round took (reserved inside a time budget)
     last_val_step: int = -1  # step of the last validation round
+    compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
 
     def elapsed(self) -> float:
         """Training seconds across resumes."""

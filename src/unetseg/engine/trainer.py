@@ -131,6 +131,9 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         if info.enabled
         else model
     )
+    compiled = bool(cfg.compile or (cfg.compile is None and device.type == "cuda"))
+    if compiled:
+        net = torch.compile(net)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device)
     batches = TrainBatches(data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world)
     steps_per_epoch = math.ceil(len(batches) / cfg.accumulate)
@@ -142,6 +145,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 or device.type == "cuda")
     ema = EMA(model, cfg.ema) if cfg.ema else None
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
+    run.compile_pending = compiled
     if resume is not None:
         restore(run, resume)
         log.truncate_after(run.state.step)
@@ -161,8 +165,9 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         x, y = augment_batch(
             x, y, cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch, offset, run.batches.global_batch
         )
-    sync = last or not isinstance(run.net, DistributedDataParallel)
-    with run.net.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
+    ddp = getattr(run.net, "_orig_mod", run.net)  # torch.compile wraps the DDP module
+    sync = last or not isinstance(ddp, DistributedDataParallel)
+    with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
         logits = run.net(x)
         loss = get_loss(cfg.loss)(logits, y)
     run.scaler.scale(loss / group).backward()
@@ -183,6 +188,23 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         run.ema.update(run.model)
     state.step += 1
     return loss.detach(), bad
+
+
+def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
+    """The first compiled step compiles: time it, and fall back to eager mode if compilation fails."""
+    started = time.monotonic()
+    try:
+        result = train_step(run, images, masks, group, last)
+    except Exception as err:  # inductor/dynamo failures come in many types
+        run.log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
+        run.net, run.compile_pending = run.net._orig_mod, False
+        run.optimizer.zero_grad(set_to_none=True)
+        return train_step(run, images, masks, group, last)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    run.log.info(f"  compile     first step with torch.compile took {time.monotonic() - started:.1f} s")
+    run.compile_pending = False
+    return result
 
 
 class Progress:
@@ -255,6 +277,7 @@ def validate(run: Run) -> dict:
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
     run.val_cost = time.monotonic() - started
+    row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
     return row | {"best": state.best, "improved": improved, "panels": panels}
 
 
@@ -299,7 +322,11 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
         group_start = index - index % cfg.accumulate
         group = min(cfg.accumulate, len(batches) - group_start)
         last = index + 1 == group_start + group
-        loss, bad = train_step(run, images, masks, group, last)
+        loss, bad = (
+            compiled_step(run, images, masks, group, last)
+            if run.compile_pending
+            else train_step(run, images, masks, group, last)
+        )
         state.batch += 1
         progress.add(loss, bad, len(images) * run.dist.world)
         bar.update(len(images) * run.dist.world)

@@ -266,12 +266,13 @@ def run_sections(args, table: list[tuple[str, str]]) -> None:
     root = make_carvana(Path(args.data), args.count, args.size)
     shape = (int(args.size[1] * args.scale), int(args.size[0] * args.scale))
     add = table.append
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     add(
         (
             "data",
             f"{args.count} pairs {args.size[0]}x{args.size[1]} JPEG/GIF, scale {args.scale} -> "
             f"{shape[1]}x{shape[0]}"
-            f", width {args.width}, batch {args.batch}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}"
+            f", width {args.width}, batch {args.batch}, {card}"
             f", torch {torch.__version__}",
         )
     )

@@ -104,11 +104,11 @@ def test_corrupt_checkpoint_exits_2_everywhere(tmp_path, capsys):
 
 def inject_nan(monkeypatch, steps):
     """Make the normalised input NaN at the given optimizer steps."""
-    original = trainer.normalize
+    original = trainer.to_unit
     state = {}
 
-    def poisoned(images, norm, device, channels_last=True):
-        x = original(images, norm, device, channels_last)
+    def poisoned(images, norm, device):
+        x = original(images, norm, device)
         run = state.get("run")
         return x * math.nan if run is not None and steps(run.state.step) else x
 
@@ -118,7 +118,7 @@ def inject_nan(monkeypatch, steps):
         state["run"] = real_build(cfg, resume)
         return state["run"]
 
-    monkeypatch.setattr(trainer, "normalize", poisoned)
+    monkeypatch.setattr(trainer, "to_unit", poisoned)
     monkeypatch.setattr(trainer, "build_run", build)
     return state
 
@@ -173,11 +173,11 @@ def test_time_budget_is_honoured_within_ten_percent(tmp_path):
     data = make_dataset(tmp_path / "d", count=8, size=(32, 32))
     started = time.monotonic()
     assert (
-        main(["train", "--data", str(data), "-e", "100000", "--time-budget", "5s", "--out", str(tmp_path / "r"), *BASE])
+        main(["train", "--data", str(data), "-e", "100000", "--time-budget", "8s", "--out", str(tmp_path / "r"), *BASE])
         == 0
     )
     took = time.monotonic() - started
-    assert 4.5 <= took <= 5.5, took
+    assert 7.2 <= took <= 8.8, took
     assert (tmp_path / "r" / "checkpoints" / "last.pt").exists()
 
 

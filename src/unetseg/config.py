@@ -79,7 +79,13 @@ class TrainConfig(DataConfig):
         None, "train on random crops of this size; default: whole images when all have one size, else 256"
     )
     augment: str = option(
-        "flips", "augmentation: flips (random flips and 90-degree turns) or none", choices=("flips", "none")
+        "default",
+        "augmentation preset: none, flips (flips and 90-degree turns), light (+ mild intensity), default (+ random "
+        "scale/rotation/shift, brightness, contrast, gamma, noise, blur), heavy (+ elastic, stronger)",
+        choices=("none", "flips", "light", "default", "heavy"),
+    )
+    foreground_crops: float = option(
+        0.33, "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen"
     )
     accumulate: int = option(1, "accumulate gradients over this many batches per optimizer step")
     ema: float | None = option(
@@ -122,6 +128,7 @@ class TrainConfig(DataConfig):
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.accumulate >= 1, "--accumulate must be at least 1"),
+            (0 <= self.foreground_crops <= 1, "--foreground-crops is a share in [0, 1]"),
             (self.ema is None or 0 < self.ema < 1, "--ema is a decay in (0, 1), e.g. 0.999"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),

@@ -60,12 +60,21 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
+def to_unit(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
+    """uint8/uint16 ``(B, H, W, C)`` on the host -> float ``(B, C, H, W)`` in [0, 1] on ``device``."""
     if images.dtype == torch.uint16:
         images = images.to(torch.int32)  # few ops accept uint16
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
-    x = (x / float(norm["scale"]) - mean) / std
+    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / float(norm["scale"])
+
+
+def standardize(x: torch.Tensor, norm: dict, channels_last: bool = True) -> torch.Tensor:
+    """Subtract the training set's per-channel mean and divide by its standard deviation."""
+    mean = torch.tensor(norm["mean"], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
+    return standardize(to_unit(images, norm, device), norm, channels_last)

@@ -20,6 +20,7 @@ from unetseg.engine.optim import Schedule
 from unetseg.errors import UserError
 from unetseg.loggers import RunLog
 from unetseg.models import model_spec
+from unetseg.transforms import AugmentSpec
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)  # when this process began training
     val_cost: float = 0.0  # seconds the last validation round took (reserved inside a time budget)
     last_val_step: int = -1  # step of the last validation round
+    augment: AugmentSpec | None = None  # the --augment preset
     compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
 
     def elapsed(self) -> float:

@@ -28,7 +28,7 @@ from unetseg.engine.checkpoint import load_checkpoint, load_weights
 from unetseg.engine.ema import EMA
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
-from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
+from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.engine.report import gallery, report_round, summary
 from unetseg.engine.signals import StopSignal
 from unetseg.engine.state import Run, restore, save
@@ -36,7 +36,7 @@ from unetseg.errors import UserError
 from unetseg.loggers import RunLog
 from unetseg.losses import get_loss
 from unetseg.models import create_model
-from unetseg.transforms import augment_batch
+from unetseg.transforms import augment_batch, get_spec
 
 
 class StopTraining(Exception):
@@ -135,7 +135,9 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if compiled:
         net = torch.compile(net)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device)
-    batches = TrainBatches(data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world)
+    batches = TrainBatches(
+        data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
+    )
     steps_per_epoch = math.ceil(len(batches) / cfg.accumulate)
     schedule = Schedule(
         optimizer, cfg.scheduler, cfg.learning_rate, cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.warmup_steps
@@ -146,6 +148,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     ema = EMA(model, cfg.ema) if cfg.ema else None
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
     run.compile_pending = compiled
+    run.augment = get_spec(cfg.augment)
     if resume is not None:
         restore(run, resume)
         log.truncate_after(run.state.step)
@@ -158,13 +161,13 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
     """
     cfg, state = run.cfg, run.state
-    x = normalize(images, run.data.norm, run.device, cfg.channels_last)
+    x = to_unit(images, run.data.norm, run.device)
     y = masks.to(run.device, non_blocking=True).long()
-    if cfg.augment != "none":
+    if run.augment is not None:
+        seed = cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch
         offset = run.dist.rank * run.batches.batch_size
-        x, y = augment_batch(
-            x, y, cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch, offset, run.batches.global_batch
-        )
+        x, y = augment_batch(x, y, seed, offset, run.batches.global_batch, run.augment)
+    x = standardize(x, run.data.norm, cfg.channels_last)
     ddp = getattr(run.net, "_orig_mod", run.net)  # torch.compile wraps the DDP module
     sync = last or not isinstance(ddp, DistributedDataParallel)
     with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
@@ -363,12 +366,13 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
 
 def fit(cfg: TrainConfig, resume: dict | None = None) -> dict:
     """Train a model; returns the best score, the run directory and the exit status."""
+    started = time.monotonic()  # a time budget covers set-up (data decoding, model build) too
     run = build_run(cfg, resume)
     summary(run)
     stop, progress = StopSignal(), Progress(run.device)
     progress.bad_total.fill_(run.state.skipped_steps)
     progress.bad_streak.fill_(run.state.bad_streak)
-    run.started, run.last_val_step = time.monotonic(), run.state.step
+    run.started, run.last_val_step = started, run.state.step
     reason, code = "finished all epochs", 0
     with stop.installed():
         try:

@@ -64,7 +64,12 @@ class TrainConfig(DataConfig):
         choices=("cosine", "poly", "plateau", "constant"),
     )
     warmup_steps: int = option(20, "linear warm-up steps; avoids the early blow-ups of a cold Adam")
-    loss: str = option("ce+dice", "loss: ce+dice (CE/BCE plus soft Dice per class) or ce")
+    loss: str = option(
+        "ce+dice",
+        "loss: ce+dice (CE/BCE plus soft Dice per class), ce, focal, focal+dice, tversky, ce+tversky",
+        choices=("ce+dice", "ce", "focal", "focal+dice", "tversky", "ce+tversky"),
+    )
+    class_weights: str = option("none", "per-class loss weights: none, auto (1/sqrt of pixel share), or e.g. 1,5")
     grad_clip: float = option(1.0, "clip the gradient norm (after unscaling) at this value; 0 turns it off")
     amp: bool = option(False, "mixed precision: bf16 where supported, else fp16 with a grad scaler")
     precision: str = option(
@@ -112,6 +117,17 @@ class TrainConfig(DataConfig):
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")
     nproc: int | None = option(None, "start this many training processes with torchrun (one per GPU)")
     log_every: int = option(10, "read the loss and update progress every N steps (reading forces a device sync)")
+    folds: int | None = option(
+        None,
+        "cross-validation: train this many models on deterministic folds, then "
+        "report out-of-fold scores and write ensemble.pt",
+    )
+    fold: int | None = option(None, "with --folds: train only this fold (0-based), e.g. one per machine")
+    plan: bool = option(
+        False,
+        "choose patch size, batch, width, class weights (and epochs for --time-budget) from "
+        "the data and the device; options you give still win",
+    )
     quiet: bool = option(False, "print nothing but errors")
 
     def __post_init__(self) -> None:
@@ -133,6 +149,8 @@ class TrainConfig(DataConfig):
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.folds is None or self.folds >= 2, "--folds must be at least 2"),
+            (self.fold is None or self.folds is not None, "--fold needs --folds K"),
         ]
         for ok, message in checks:
             if not ok:

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.prepare import Dataset, prepare
+from unetseg.data.prepare import Dataset, class_frequencies, prepare
 from unetseg.data.sampler import TrainBatches
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
@@ -34,7 +34,7 @@ from unetseg.engine.signals import StopSignal
 from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
 from unetseg.loggers import RunLog
-from unetseg.losses import get_loss
+from unetseg.losses import build_loss
 from unetseg.models import create_model
 from unetseg.transforms import augment_batch, get_spec
 
@@ -122,6 +122,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.validation,
         cfg.seed,
         cfg.workers,
+        fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
     )
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
@@ -149,10 +150,29 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
     run.compile_pending = compiled
     run.augment = get_spec(cfg.augment)
+    run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
     if resume is not None:
         restore(run, resume)
         log.truncate_after(run.state.step)
     return run
+
+
+def class_weights(option: str, data: Dataset) -> torch.Tensor | None:
+    """Per-class loss weights: none, auto (1 / sqrt(pixel share), mean 1), or a comma-separated list."""
+    k = data.class_map.num_classes
+    if option == "none":
+        return None
+    if option == "auto":
+        freq = torch.tensor(class_frequencies(data.train, k), dtype=torch.float32).clamp_min(1e-4)
+        weights = freq.rsqrt()
+        return weights / weights.mean()
+    try:
+        weights = torch.tensor([float(v) for v in option.split(",")])
+    except ValueError:
+        raise UserError(f"--class-weights {option}: write none, auto, or {k} numbers such as 1,3") from None
+    if len(weights) != k or (weights < 0).any():
+        raise UserError(f"--class-weights {option}: give {k} non-negative weights, one per class")
+    return weights
 
 
 def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
@@ -172,7 +192,7 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     sync = last or not isinstance(ddp, DistributedDataParallel)
     with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
         logits = run.net(x)
-        loss = get_loss(cfg.loss)(logits, y)
+        loss = run.loss_fn(logits, y)
     run.scaler.scale(loss / group).backward()
     if not last:
         return loss.detach(), None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from unetseg.data.classmap import IGNORE_INDEX
 from unetseg.data.dataset import Sample
-from unetseg.data.sampler import TrainBatches
+from unetseg.data.sampler import TrainBatches, prefetch
 
 
 def samples(count: int = 8, size: int = 128) -> list[Sample]:
@@ -49,3 +50,17 @@ def test_small_images_are_padded_with_ignore():
     batches = TrainBatches(samples(count=2, size=20), 2, (32, 32), seed=0)
     _, masks = next(batches.epoch(0))
     assert masks.shape == (2, 32, 32) and (masks[:, 20:] == IGNORE_INDEX).all()
+
+
+def test_prefetch_yields_the_same_batches_and_passes_errors_on():
+    batches = TrainBatches(samples(), 2, (32, 32), seed=4)
+    direct = [x for x, _ in batches.epoch(0)]
+    fetched = [x for x, _ in prefetch(batches.epoch(0), pin=False)]
+    assert all(torch.equal(a, b) for a, b in zip(direct, fetched)) and len(direct) == len(fetched)
+
+    def broken():
+        yield torch.zeros(1), torch.zeros(1)
+        raise RuntimeError("decoder failed")
+
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        list(prefetch(broken(), pin=False))

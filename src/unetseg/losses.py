@@ -84,9 +84,13 @@ def build_loss(name: str, class_weights: torch.Tensor | None = None) -> Loss:
     if name not in known:
         raise UserError(f"--loss {name}: unknown loss; known: {', '.join(known)}")
 
+    on_device: dict[torch.device, torch.Tensor] = {}  # copied once: a copy per step would sync a GPU
+
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, valid, safe, probs, onehot = _prepare(logits, target)
-        weights = class_weights.to(logits.device) if class_weights is not None else None
+        weights = None
+        if class_weights is not None:
+            weights = on_device.setdefault(logits.device, class_weights.to(logits.device))
         total = logits.new_zeros(())
         for part in parts:
             if part in pixel:

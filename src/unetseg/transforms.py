@@ -95,8 +95,25 @@ def draw(spec: AugmentSpec, total: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per sample: ``new`` where ``mask`` (already on the device), else ``old``."""
     shape = (-1,) + (1,) * (old.dim() - 1)
-    return torch.where(mask.to(old.device).view(shape), new, old)
+    return torch.where(mask.view(shape), new, old)
+
+
+def _to_device(params: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """All per-sample parameters in one pinned, non-blocking copy (a plain copy per tensor would sync a GPU)."""
+    if device.type == "cpu":
+        return dict(params)
+    names = list(params)
+    packed = torch.cat([params[n].float().reshape(len(params[n]), -1) for n in names], dim=1)
+    packed = packed.pin_memory().to(device, non_blocking=True)
+    out, column = {}, 0
+    for n in names:
+        width = params[n].reshape(len(params[n]), -1).shape[1]
+        value = packed[:, column : column + width].reshape(params[n].shape)
+        out[n] = value.bool() if params[n].dtype == torch.bool else value
+        column += width
+    return out
 
 
 def _flips(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +125,13 @@ def _flips(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor) -> tuple[torch.
     return x, y
 
 
-def _geometry(x: torch.Tensor, y: torch.Tensor, p: dict, spec: AugmentSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random affine (and elastic) warps of the selected samples, images bilinear and masks nearest."""
+def _geometry(
+    x: torch.Tensor, y: torch.Tensor, p: dict, d: dict, spec: AugmentSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random affine (and elastic) warps of the selected samples, images bilinear and masks nearest.
+
+    ``p`` holds the parameters on the host (to build the warp), ``d`` the same on the device (to select samples).
+    """
     b, _, h, w = x.shape
     device = x.device
     cos, sin = torch.cos(p["angle"]) / p["scale"], torch.sin(p["angle"]) / p["scale"]
@@ -118,13 +140,15 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, p: dict, spec: AugmentSpec) -> t
     theta[:, :, 2] = p["shift"]
     identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(b, 2, 3)
     theta = torch.where(p["affine"].view(-1, 1, 1), theta, identity)
-    grid = F.affine_grid(theta.to(device), [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
+    theta = theta.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else theta
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
     if p["elastic"].any():
         coarse_shape = (2, max(h // 32, 2), max(w // 32, 2))
         coarse = torch.stack([_randn(coarse_shape, int(s)) for s in p["sample_seed"]]) * spec.elastic_alpha * 2
-        field = F.interpolate(coarse, (h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-        grid = grid + field.to(device) * p["elastic"].to(device).view(-1, 1, 1, 1)
-    moved = p["affine"] | p["elastic"]
+        coarse = coarse * p["elastic"].view(-1, 1, 1, 1)
+        coarse = coarse.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else coarse
+        grid = grid + F.interpolate(coarse, (h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    moved = d["affine"] | d["elastic"]
     warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
     labels = F.grid_sample(y.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     inside = F.grid_sample(torch.ones_like(labels), grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -133,9 +157,9 @@ def _geometry(x: torch.Tensor, y: torch.Tensor, p: dict, spec: AugmentSpec) -> t
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian blur with a 5x5 kernel, as one grouped convolution."""
+    """Per-sample Gaussian blur with a 5x5 kernel, as one grouped convolution (``sigma`` on the device)."""
     b, c = x.shape[:2]
-    r = torch.arange(-2, 3, dtype=torch.float32)
+    r = torch.arange(-2, 3, dtype=torch.float32, device=x.device)
     k1 = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
     k1 = k1 / k1.sum(1, keepdim=True)  # (B, 5)
     k2 = (k1[:, :, None] * k1[:, None, :]).repeat_interleave(c, 0)[:, None]  # (B*C, 1, 5, 5)
@@ -143,27 +167,26 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return out.view_as(x)
 
 
-def _randn(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+def _randn(shape: tuple[int, ...], seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normal noise from its own seed, drawn on ``device`` (repeatable per device type)."""
+    return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
 
 
-def _intensity(x: torch.Tensor, p: dict) -> torch.Tensor:
-    device = x.device
+def _intensity(x: torch.Tensor, p: dict, d: dict) -> torch.Tensor:
+    """Contrast, brightness, gamma, blur and noise; ``p`` on the host (branching), ``d`` on the device."""
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     shape = (-1, 1, 1, 1)
-    changed = (x - mean) * p["contrast"].to(device).view(shape) + mean + p["brightness"].to(device).view(shape)
-    x = _select(p["intensity"], changed, x).clamp(0, 1)
-    x = _select(p["gamma_on"], x.clamp_min(1e-6) ** p["gamma"].to(device).view(shape), x)
+    changed = (x - mean) * d["contrast"].view(shape) + mean + d["brightness"].view(shape)
+    x = _select(d["intensity"], changed, x).clamp(0, 1)
+    x = _select(d["gamma_on"], x.clamp_min(1e-6) ** d["gamma"].view(shape), x)
     if p["blur"].any():
-        x = _select(p["blur"], _blur(x, p["sigma"]), x)
+        x = _select(d["blur"], _blur(x, d["sigma"]), x)
     if p["noise"].any():
-        noise = torch.stack(
-            [
-                _randn(x.shape[1:], int(s)) if on else torch.zeros(x.shape[1:])
-                for s, on in zip(p["sample_seed"], p["noise"] > 0)
-            ]
-        ).to(device)
-        x = (x + noise * p["noise"].to(device).view(shape)).clamp(0, 1)
+        drawn = [
+            _randn(x.shape[1:], int(s), x.device) if on else torch.zeros_like(x[0])
+            for s, on in zip(p["sample_seed"], p["noise"] > 0)
+        ]
+        x = (x + torch.stack(drawn) * d["noise"].view(shape)).clamp(0, 1)
     return x
 
 
@@ -179,12 +202,13 @@ def augment_batch(
     spec = spec or AugmentSpec()
     batch = images.shape[0]
     params = {k: v[offset : offset + batch] for k, v in draw(spec, total or batch, seed).items()}
+    on_device = _to_device({k: v for k, v in params.items() if k != "sample_seed"}, images.device)
     channels_last = images.is_contiguous(memory_format=torch.channels_last)
     x, y = images, masks
     if spec.flips:
-        x, y = _flips(x, y, params["flip"])
+        x, y = _flips(x, y, on_device["flip"])
     if (params["affine"] | params["elastic"]).any():
-        x, y = _geometry(x, y, params, spec)
+        x, y = _geometry(x, y, params, on_device, spec)
     if spec.intensity_p or spec.gamma_p or spec.noise_p or spec.blur_p:
-        x = _intensity(x, params)
+        x = _intensity(x, params, on_device)
     return (x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()), y.contiguous()

@@ -6,6 +6,8 @@ batch b see exactly the samples that one process with batch N x b sees.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -89,3 +91,39 @@ class TrainBatches:
             pad_mask[: mask.shape[0], : mask.shape[1]] = mask
             image, mask = pad_image, pad_mask
         return image, mask
+
+
+def prefetch(batches: Iterator[tuple[torch.Tensor, ...]], pin: bool, depth: int = 3) -> Iterator[tuple]:
+    """Make batches in a background thread, pinned for non-blocking copies, so the device never waits for them.
+
+    Cropping and stacking happen in NumPy/torch calls that release the GIL, so the thread overlaps the step.
+    """
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                batch = tuple(t.pin_memory() for t in batch) if pin else batch
+                while not stop.is_set():
+                    try:
+                        items.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            items.put(err)
+
+    thread = threading.Thread(target=work, name="unetseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -67,10 +68,16 @@ def to_unit(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Ten
     return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / float(norm["scale"])
 
 
+@functools.lru_cache(maxsize=16)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple:
+    # Made once per device: building them every step would copy from pageable memory, a host sync on GPUs.
+    shape = (1, -1, 1, 1)
+    return torch.tensor(mean, device=device).view(shape), torch.tensor(std, device=device).view(shape)
+
+
 def standardize(x: torch.Tensor, norm: dict, channels_last: bool = True) -> torch.Tensor:
     """Subtract the training set's per-channel mean and divide by its standard deviation."""
-    mean = torch.tensor(norm["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"], device=x.device).view(1, -1, 1, 1)
+    mean, std = _constants(tuple(norm["mean"]), tuple(norm["std"]), x.device)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 

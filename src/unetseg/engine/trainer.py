@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
 from unetseg.data.prepare import Dataset, class_frequencies, prepare
-from unetseg.data.sampler import TrainBatches
+from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
 from unetseg.engine.ema import EMA
@@ -340,7 +340,10 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
         disable=run.log.quiet,
         leave=False,
     )
-    for images, masks in batches.epoch(state.epoch, state.batch):
+    source = batches.epoch(state.epoch, state.batch)
+    if run.device.type == "cuda":
+        source = prefetch(source, pin=True)
+    for images, masks in source:
         index = state.batch
         group_start = index - index % cfg.accumulate
         group = min(cfg.accumulate, len(batches) - group_start)

@@ -28,6 +28,7 @@ from torch import nn
 from unetseg import __version__
 from unetseg.config import ExportConfig
 from unetseg.engine.checkpoint import build_model, load_checkpoint, write_atomic
+from unetseg.engine.precision import normalize
 from unetseg.errors import UserError
 from unetseg.onnx_predict import EXPORT_FORMAT, MIN_SIZE, require
 
@@ -45,16 +46,13 @@ class Deployable(nn.Module):
     def __init__(self, model: nn.Module, norm: dict, with_argmax: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.norm = norm
         self.with_argmax = with_argmax
         self.binary = model.n_classes == 1
-        self.scale = float(norm["scale"])
-        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # The same operations, in the same order, as engine.precision.normalize, so the logits match training's.
-        x = images.permute(0, 3, 1, 2).to(torch.float32)
-        logits = self.model((x / self.scale - self.mean) / self.std)  # (B, K, H, W)
+        # Training's own normalisation, traced into the graph with the statistics as constants.
+        logits = self.model(normalize(images, self.norm, images.device, channels_last=False))  # (B, K, H, W)
         if not self.with_argmax:
             return logits
         if self.binary:
@@ -67,12 +65,9 @@ def export_info(ckpt: dict, input_dtype: str, with_argmax: bool) -> dict:
     channels = int(ckpt["channels"])
     classes = int(ckpt["model"]["n_classes"])
     norm = ckpt["norm"]
-    if with_argmax:
-        output = {"name": "indices", "shape": ["batch", "height", "width"], "dtype": "int64"}
-    else:
-        activation = "sigmoid" if classes == 1 else "softmax"
-        output = {"name": "logits", "shape": ["batch", classes, "height", "width"], "dtype": "float32"}
-        output["activation"] = activation
+    activation = "sigmoid" if classes == 1 else "softmax"
+    logits = {"name": "logits", "shape": ["batch", classes, "height", "width"], "dtype": "float32"}
+    indices = {"name": "indices", "shape": ["batch", "height", "width"], "dtype": "int64"}
     return {
         "format": EXPORT_FORMAT,
         "version": 1,
@@ -89,7 +84,7 @@ def export_info(ckpt: dict, input_dtype: str, with_argmax: bool) -> dict:
         "class_map": ckpt["class_map"],
         "input": {"name": "images", "shape": ["batch", "height", "width", channels], "dtype": input_dtype},
         "min_size": MIN_SIZE,
-        "output": output,
+        "output": indices if with_argmax else logits | {"activation": activation},
         "with_argmax": with_argmax,
     }
 

@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from unetseg.config import EvaluateConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.config import EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
 from unetseg.errors import UserError
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly:
@@ -56,6 +56,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_options(evaluate, EvaluateConfig)
     predict = sub.add_parser("predict", help="masks for image files, folders or globs")
     add_options(predict, PredictConfig)
+    export = sub.add_parser("export", help="an ONNX or TorchScript model that takes raw pixels, with its class map")
+    add_options(export, ExportConfig)
     return parser
 
 
@@ -189,13 +191,29 @@ def evaluate_command(values: dict) -> int:
 
 
 def predict_command(values: dict) -> int:
-    from unetseg.predict import predict_files
-
-    predict_files(build(PredictConfig, values))
+    cfg = build(PredictConfig, values)
+    if cfg.model_path.lower().endswith(".onnx"):
+        from unetseg.onnx_predict import predict_files  # ONNX Runtime only: this path never imports torch
+    else:
+        from unetseg.predict import predict_files
+    predict_files(cfg)
     return 0
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command, "plan": plan_command}
+def export_command(values: dict) -> int:
+    from unetseg.export import export_model
+
+    export_model(build(ExportConfig, values))
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "predict": predict_command,
+    "export": export_command,
+    "plan": plan_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

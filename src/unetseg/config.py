@@ -175,7 +175,9 @@ class EvaluateConfig(DataConfig):
 class PredictConfig:
     """``unetseg predict``: masks for image files, folders or globs."""
 
-    model_path: str = option("", "checkpoint (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    model_path: str = option(
+        "", "checkpoint (unetseg .pt or Pytorch-UNet .pth), or an ONNX file written by unetseg export", "-m"
+    )
     input: list[str] = option(None, "image files, folders or globs", "-i")
     output: str | None = option(None, "output folder, or a file name when there is one input", "-o")
     scale: float | None = option(None, "input scale; default: the scale the model was trained at", "-s")
@@ -186,6 +188,54 @@ class PredictConfig:
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: bool = option(False, "mixed-precision inference")
     quiet: bool = option(False, "print nothing but errors")
+
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+OPSET_RANGE = (13, 23)  # 13-20 written by torch's TorchScript-based exporter, 18-23 by its dynamo exporter
+
+
+@dataclass
+class ExportConfig:
+    """``unetseg export``: a deployable model that takes raw pixels and carries its class map."""
+
+    model_path: str = option("", "checkpoint to export (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    format: str | None = option(
+        None,
+        "onnx (runs with onnxruntime, no PyTorch needed) or torchscript; default: torchscript when -o ends in "
+        ".pt/.pth/.ts, else onnx",
+        choices=EXPORT_FORMATS,
+    )
+    output: str | None = option(
+        None, "file to write; default: beside the checkpoint, <name>.onnx or <name>.torchscript.pt", "-o"
+    )
+    with_argmax: bool = option(False, "output class indices (B, H, W) instead of logits (B, K, H, W)")
+    opset: int | None = option(
+        None,
+        f"ONNX operator set, {OPSET_RANGE[0]}-{OPSET_RANGE[1]}; default 18, the oldest that torch's default "
+        "(dynamo) exporter writes; below 18 the TorchScript-based exporter is used",
+    )
+    input_dtype: str | None = option(
+        None,
+        "input tensor type: uint8, or float32 holding the same pixel values (not rescaled to [0, 1]); "
+        "default: uint8 for 8-bit models, float32 for 16-bit ones",
+        choices=("uint8", "float32"),
+    )
+    quiet: bool = option(False, "print nothing but errors")
+
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise UserError("-m/--model is required: the checkpoint to export")
+        if self.format is None:
+            suffix = Path(self.output).suffix.lower() if self.output else ""
+            self.format = "torchscript" if suffix in TORCHSCRIPT_SUFFIXES else "onnx"
+        if self.opset is not None and self.format != "onnx":
+            raise UserError(f"--opset applies to --format onnx only; leave it out for --format {self.format}")
+        if self.opset is not None and not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+            raise UserError(f"--opset {self.opset}: choose an opset from {OPSET_RANGE[0]} to {OPSET_RANGE[1]}")
+        if self.output is None:
+            model = Path(self.model_path)
+            self.output = str(model.with_suffix(".onnx" if self.format == "onnx" else ".torchscript.pt"))
 
 
 def parse_duration(text: str) -> float:

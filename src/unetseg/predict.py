@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from tqdm import tqdm
 
 from unetseg.config import PredictConfig
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import match_channels, resize_image, scaled_size
-from unetseg.data.io import IMAGE_SUFFIXES, is_image_file, read_image, to_image_dtype, write_mask
+from unetseg.data.dataset import resize_image, scaled_size
 from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
-from unetseg.errors import UserError
+from unetseg.inference import as_image_array, check_predict_args, predict_to_files
 
 
 class Segmenter:
@@ -44,16 +40,7 @@ class Segmenter:
         return cls(load_checkpoint(path), device, amp)
 
     def _as_array(self, image: object) -> np.ndarray:
-        if isinstance(image, (str, Path)):
-            array = read_image(image)
-        elif isinstance(image, Image.Image):
-            array = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK") else image)
-        elif isinstance(image, np.ndarray):
-            array = image
-        else:
-            raise UserError(f"cannot predict on a {type(image).__name__}; pass a path, a PIL image or a NumPy array")
-        array = to_image_dtype(np.asarray(array), "image")
-        return match_channels(array[:, :, None] if array.ndim == 2 else array, self.channels)
+        return as_image_array(image, self.channels)
 
     @torch.inference_mode()
     def predict_proba(self, image: object, scale: float | None = None) -> np.ndarray:
@@ -92,74 +79,8 @@ def load(path: str | Path, device: str = "auto", amp: bool = False) -> Segmenter
     return Segmenter.from_file(path, device, amp)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their image files) and globs -> image paths, in order, without duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if is_image_file(p))
-        elif path.is_file():
-            found.append(path)
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [p for p in matches if is_image_file(p)]
-            if not matches:
-                raise UserError(f"-i {item}: the pattern matches no files")
-        else:
-            raise UserError(f"-i {item}: no such file or folder")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"-i {' '.join(inputs)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return unique
-
-
-def output_paths(inputs: list[Path], output: str | None, suffix: str) -> list[Path]:
-    """Where each mask goes: ``<OUT>/<stem>.png``, a single named file, or ``<stem>_OUT.png`` beside the input."""
-    if output and len(inputs) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES:
-        return [Path(output)]
-    if output:
-        return [Path(output) / f"{p.stem}{suffix}" for p in inputs]
-    return [p.with_name(f"{p.stem}_OUT{suffix}") for p in inputs]
-
-
-def overlay(image: np.ndarray, index: np.ndarray, class_map: ClassMap, alpha: float = 0.5) -> np.ndarray:
-    """The image in grey/RGB with each foreground class blended in its colour."""
-    base = image.astype(np.float32)
-    if image.dtype != np.uint8:
-        base = base / max(float(base.max()), 1.0) * 255
-    base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base[:, :, :3]
-    colors = np.array(class_map.colors, dtype=np.float32)[index]
-    blend = np.where((index > 0)[:, :, None], (1 - alpha) * base + alpha * colors, base)
-    return blend.clip(0, 255).astype(np.uint8)
-
-
 def predict_files(cfg: PredictConfig) -> list[Path]:
     """``unetseg predict``: one mask per input, at the input's resolution, in the training masks' values."""
-    if not cfg.model_path:
-        raise UserError("-m/--model is required: the checkpoint to predict with")
-    if not cfg.input:
-        raise UserError("-i/--input is required: image files, folders or globs")
+    check_predict_args(cfg)
     segmenter = load(cfg.model_path, cfg.device, cfg.amp)
-    inputs = expand_inputs(cfg.input)
-    outputs = output_paths(inputs, cfg.output, cfg.suffix)
-    empty = 0
-    for source, target in tqdm(list(zip(inputs, outputs)), desc="predict", unit="img", disable=cfg.quiet):
-        image = read_image(source)
-        index = segmenter.predict_index(image, cfg.scale, cfg.threshold)
-        empty += int(not index.any())
-        write_mask(target, segmenter.class_map.decode(index))
-        if cfg.viz:
-            shown = match_channels(image, segmenter.channels)
-            Image.fromarray(overlay(shown, index, segmenter.class_map)).save(
-                target.with_name(f"{target.stem}_overlay.png")
-            )
-    if empty == len(inputs) and not cfg.quiet:
-        print(
-            f"warning: all {empty} predicted masks are empty (background only); check --scale, --threshold "
-            "and that the model was trained on images like these"
-        )
-    if not cfg.quiet:
-        where = outputs[0].parent if len(outputs) > 1 else outputs[0]
-        print(f"wrote {len(outputs)} mask(s) to {where}")
-    return outputs
+    return predict_to_files(cfg, segmenter)

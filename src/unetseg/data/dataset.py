@@ -2,6 +2,8 @@
 
 Images are decoded once into uint8/uint16 arrays (kept at their bit depth); masks into uint8 class indices.
 Batches leave here as uint8/uint16 tensors; conversion to float and normalisation happen on the device.
+torch is imported only where batches are built, so the ONNX runtime path can use the decoding and resize helpers
+without PyTorch installed.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from unetseg.data.classmap import ClassMap
 from unetseg.data.folder import Pair
 from unetseg.data.io import read_image, read_mask
 from unetseg.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -144,6 +149,8 @@ def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int],
 
 def eval_batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """Every sample exactly once, whole (no crop, no dropped batch); a batch holds images of one size."""
+    import torch
+
     by_size: dict[tuple[int, int], list[Sample]] = {}
     for sample in samples:
         by_size.setdefault(sample.image.shape[:2], []).append(sample)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import traceback
 
-from unetseg.config import EvaluateConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.config import EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
 from unetseg.errors import UserError
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly:
@@ -51,10 +52,14 @@ def make_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (default data: the bundled nuclei sample)")
     add_options(train, TrainConfig)
     train.add_argument("--resume", default=argparse.SUPPRESS, help="continue a run: its directory or a checkpoint")
+    plan = sub.add_parser("plan", help="show the settings --plan would choose for a dataset on this device")
+    add_options(plan, TrainConfig)
     evaluate = sub.add_parser("evaluate", help="per-class and per-image scores of a checkpoint on a dataset")
     add_options(evaluate, EvaluateConfig)
     predict = sub.add_parser("predict", help="masks for image files, folders or globs")
     add_options(predict, PredictConfig)
+    export = sub.add_parser("export", help="an ONNX or TorchScript model that takes raw pixels, with its class map")
+    add_options(export, ExportConfig)
     return parser
 
 
@@ -80,8 +85,104 @@ def train_command(values: dict) -> int:
         values = load_yaml(values["config"]) | values
     if not any(values.get(k) for k in ("data", "images", "masks")):
         values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
-    fit(build(TrainConfig, values), resume)
+    cfg = build(TrainConfig, values)
+    if cfg.nproc and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(cfg.nproc, argv_without_nproc())
+    if cfg.plan:
+        cfg = apply_plan(cfg, values)
+    if cfg.folds:
+        from unetseg.folds import cross_validate
+
+        return cross_validate(cfg)
+    return fit(cfg, resume)["exit_code"]
+
+
+def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
+    """The plan for ``cfg``'s data on ``cfg``'s device."""
+    from unetseg.config import parse_duration
+    from unetseg.data.prepare import prepare
+    from unetseg.engine.precision import resolve_device
+    from unetseg.plan import make_plan
+
+    data = prepare(
+        cfg.data,
+        cfg.images,
+        cfg.masks,
+        cfg.val_data,
+        cfg.classes,
+        cfg.channels,
+        cfg.scale,
+        cfg.validation,
+        cfg.seed,
+        cfg.workers,
+    )
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
+    return make_plan(data, resolve_device(cfg.device), budget)
+
+
+def show_plan(plan: list[tuple[str, object, str]], explicit: dict) -> None:
+    for name, value, reason in plan:
+        given = f"  (you gave {explicit[name]})" if name in explicit else ""
+        print(f"  {name:<14} {str(value):<22} {reason}{given}")
+
+
+def apply_plan(cfg: TrainConfig, explicit: dict) -> TrainConfig:
+    """The plan's choices for every option the user did not give."""
+    plan = planned(cfg)
+    print("plan (from the data and the device):")
+    show_plan(plan, explicit)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    chosen = {n: v for n, v, _ in plan if n in fields and n not in explicit}
+    return dataclasses.replace(cfg, **chosen)
+
+
+def plan_command(values: dict) -> int:
+    from unetseg.data.prepare import sample_dataset_dir
+
+    if not any(values.get(k) for k in ("data", "images", "masks")):
+        values = values | {"data": str(sample_dataset_dir())}
+    cfg = build(TrainConfig, values)
+    plan = planned(cfg)
+    print(f"plan for {cfg.data or cfg.images} (from the data and the device):")
+    show_plan(plan, values)
+    options = " ".join(
+        f"--{n.replace('_', '-')} {v}"
+        for n, v, _ in plan
+        if n in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None
+    )
+    print(f"train with: unetseg train --data {cfg.data} {options}")
     return 0
+
+
+def argv_without_nproc() -> list[str]:
+    """This command line minus ``--nproc N`` (the launched processes must not launch again)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    return args
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """``unetseg train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m unetseg train ...``."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "unetseg",
+        *args,
+    ]
+    print("launching: " + " ".join(command[2:]), file=sys.stderr)
+    return subprocess.call(command)
 
 
 def evaluate_command(values: dict) -> int:
@@ -92,13 +193,29 @@ def evaluate_command(values: dict) -> int:
 
 
 def predict_command(values: dict) -> int:
-    from unetseg.predict_cli import predict_files
-
-    predict_files(build(PredictConfig, values))
+    cfg = build(PredictConfig, values)
+    if cfg.model_path.lower().endswith(".onnx"):
+        from unetseg.onnx_predict import predict_files  # ONNX Runtime only: this path never imports torch
+    else:
+        from unetseg.predict_cli import predict_files
+    predict_files(cfg)
     return 0
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command}
+def export_command(values: dict) -> int:
+    from unetseg.export import export_model
+
+    export_model(build(ExportConfig, values))
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "predict": predict_command,
+    "export": export_command,
+    "plan": plan_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

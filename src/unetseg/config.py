@@ -62,12 +62,17 @@ class TrainConfig(DataConfig):
     momentum: float = option(0.9, "momentum for sgd and rmsprop (Pytorch-UNet's RMSprop used 0.999)")
     scheduler: str = option(
         "cosine",
-        "learning-rate schedule: cosine (smooth decay to the end of the run), "
+        "learning-rate schedule: cosine (smooth decay to the end of the run), poly (nnU-Net's (1 - t)^0.9), "
         "plateau (ReduceLROnPlateau on validation Dice, as Pytorch-UNet), constant",
-        choices=("cosine", "plateau", "constant"),
+        choices=("cosine", "poly", "plateau", "constant"),
     )
     warmup_steps: int = option(20, "linear warm-up steps; avoids the early blow-ups of a cold Adam")
-    loss: str = option("ce+dice", "loss: ce+dice (CE/BCE plus soft Dice per class) or ce")
+    loss: str = option(
+        "ce+dice",
+        "loss: ce+dice (CE/BCE plus soft Dice per class), ce, focal, focal+dice, tversky, ce+tversky",
+        choices=("ce+dice", "ce", "focal", "focal+dice", "tversky", "ce+tversky"),
+    )
+    class_weights: str = option("none", "per-class loss weights: none, auto (1/sqrt of pixel share), or e.g. 1,5")
     grad_clip: float = option(1.0, "clip the gradient norm (after unscaling) at this value; 0 turns it off")
     amp: bool = option(False, "mixed precision: bf16 where supported, else fp16 with a grad scaler")
     precision: str = option(
@@ -82,8 +87,19 @@ class TrainConfig(DataConfig):
         None, "train on random crops of this size; default: whole images when all have one size, else 256"
     )
     augment: str = option(
-        "flips", "augmentation: flips (random flips and 90-degree turns) or none", choices=("flips", "none")
+        "default",
+        "augmentation preset: none, flips (flips and 90-degree turns), light (+ mild intensity), default (+ random "
+        "scale/rotation/shift, brightness, contrast, gamma, noise, blur), heavy (+ elastic, stronger)",
+        choices=("none", "flips", "light", "default", "heavy"),
     )
+    foreground_crops: float = option(
+        0.33, "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen"
+    )
+    accumulate: int = option(1, "accumulate gradients over this many batches per optimizer step")
+    ema: float | None = option(
+        None, "evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)"
+    )
+    patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
     val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
     val_batch_size: int = option(8, "images per validation batch")
     seed: int = option(0, "random seed for the split, the initial weights and the batch order")
@@ -93,10 +109,28 @@ class TrainConfig(DataConfig):
     save_epochs: bool = option(True, "keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt)")
     time_budget: str | None = option(None, "stop cleanly after this long, e.g. 30m, 2h, 90s")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
+    compile: bool | None = option(
+        None, "torch.compile the training step; default: on for CUDA (faster steps after a one-off compile), off on CPU"
+    )
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
     logger: str = option("csv", "loggers, comma-separated (csv is always on)")
-    max_bad_steps: int = option(20, "stop after this many optimizer steps with a non-finite loss or gradient")
+    max_bad_steps: int = option(20, "stop after this many consecutive steps with a non-finite loss or gradient")
+    deterministic: bool = option(False, "deterministic kernels on GPU (slower); CPU runs are repeatable anyway")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")
+    nproc: int | None = option(None, "start this many training processes with torchrun (one per GPU)")
+    log_every: int = option(10, "read the loss and update progress every N steps (reading forces a device sync)")
+    folds: int | None = option(
+        None,
+        "cross-validation: train this many models on deterministic folds, then "
+        "report out-of-fold scores and write ensemble.pt",
+    )
+    fold: int | None = option(None, "with --folds: train only this fold (0-based), e.g. one per machine")
+    plan: bool = option(
+        False,
+        "choose patch size, batch, width, class weights (and epochs for --time-budget) from "
+        "the data and the device; options you give still win",
+    )
     quiet: bool = option(False, "print nothing but errors")
 
     def __post_init__(self) -> None:
@@ -112,6 +146,14 @@ class TrainConfig(DataConfig):
             (self.patch_size is None or self.patch_size >= 16, "--patch-size must be at least 16"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.accumulate >= 1, "--accumulate must be at least 1"),
+            (0 <= self.foreground_crops <= 1, "--foreground-crops is a share in [0, 1]"),
+            (self.ema is None or 0 < self.ema < 1, "--ema is a decay in (0, 1), e.g. 0.999"),
+            (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
+            (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.folds is None or self.folds >= 2, "--folds must be at least 2"),
+            (self.fold is None or self.folds is not None, "--fold needs --folds K"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,7 +196,9 @@ class EvaluateConfig(DataConfig):
 class PredictConfig:
     """``unetseg predict``: masks for image files, folders or globs."""
 
-    model_path: str = option("", "checkpoint (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    model_path: str = option(
+        "", "checkpoint (unetseg .pt or Pytorch-UNet .pth), or an ONNX file written by unetseg export", "-m"
+    )
     input: list[str] = option(None, "image files, folders or globs", "-i")
     output: str | None = option(None, "output folder, or a file name when there is one input", "-o")
     scale: float | None = option(None, "input scale; default: the scale the model was trained at", "-s")
@@ -201,6 +245,54 @@ class PredictConfig:
         from unetseg.tiling import check_tiling  # torch-free config module: import only when checking
 
         check_tiling(self.tile, self.overlap)
+
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+OPSET_RANGE = (13, 23)  # 13-20 written by torch's TorchScript-based exporter, 18-23 by its dynamo exporter
+
+
+@dataclass
+class ExportConfig:
+    """``unetseg export``: a deployable model that takes raw pixels and carries its class map."""
+
+    model_path: str = option("", "checkpoint to export (unetseg .pt or Pytorch-UNet .pth)", "-m")
+    format: str | None = option(
+        None,
+        "onnx (runs with onnxruntime, no PyTorch needed) or torchscript; default: torchscript when -o ends in "
+        ".pt/.pth/.ts, else onnx",
+        choices=EXPORT_FORMATS,
+    )
+    output: str | None = option(
+        None, "file to write; default: beside the checkpoint, <name>.onnx or <name>.torchscript.pt", "-o"
+    )
+    with_argmax: bool = option(False, "output class indices (B, H, W) instead of logits (B, K, H, W)")
+    opset: int | None = option(
+        None,
+        f"ONNX operator set, {OPSET_RANGE[0]}-{OPSET_RANGE[1]}; default 18, the oldest that torch's default "
+        "(dynamo) exporter writes; below 18 the TorchScript-based exporter is used",
+    )
+    input_dtype: str | None = option(
+        None,
+        "input tensor type: uint8, or float32 holding the same pixel values (not rescaled to [0, 1]); "
+        "default: uint8 for 8-bit models, float32 for 16-bit ones",
+        choices=("uint8", "float32"),
+    )
+    quiet: bool = option(False, "print nothing but errors")
+
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise UserError("-m/--model is required: the checkpoint to export")
+        if self.format is None:
+            suffix = Path(self.output).suffix.lower() if self.output else ""
+            self.format = "torchscript" if suffix in TORCHSCRIPT_SUFFIXES else "onnx"
+        if self.opset is not None and self.format != "onnx":
+            raise UserError(f"--opset applies to --format onnx only; leave it out for --format {self.format}")
+        if self.opset is not None and not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+            raise UserError(f"--opset {self.opset}: choose an opset from {OPSET_RANGE[0]} to {OPSET_RANGE[1]}")
+        if self.output is None:
+            model = Path(self.model_path)
+            self.output = str(model.with_suffix(".onnx" if self.format == "onnx" else ".torchscript.pt"))
 
 
 def parse_duration(text: str) -> float:

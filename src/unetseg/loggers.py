@@ -42,6 +42,18 @@ class RunLog:
             self.log_file.write(f"warning: {message}\n")
             self.log_file.flush()
 
+    @property
+    def wants_images(self) -> bool:
+        """True when a backend shows prediction panels at every validation round."""
+        return False
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Training scalars at the logging interval (loss, lr, img/s)."""
+
+    def validation(self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool) -> None:
+        """A validation round: its metrics.csv row (and, with backends, histograms and panels)."""
+        self.metrics(row)
+
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.csv; the header comes from the first row (a resumed run keeps it)."""
         if not self.csv_path:
@@ -56,6 +68,19 @@ class RunLog:
                     csv.writer(handle).writerow(self.columns)
         with open(self.csv_path, "a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(c, "")) for c in self.columns])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics.csv rows logged after ``step``: a resumed run redoes them."""
+        if not (self.csv_path and self.csv_path.exists()):
+            return
+        with open(self.csv_path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows:
+            return
+        column = rows[0].index("step") if "step" in rows[0] else 0
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[column])) <= step]
+        with open(self.csv_path, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
 
     def close(self) -> None:
         if self.log_file:

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from unetseg import tta as tta_views
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import match_channels, resize_image, scaled_size
-from unetseg.data.io import read_image, to_image_dtype
+from unetseg.data.dataset import resize_image, scaled_size
 from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
 from unetseg.errors import UserError
+from unetseg.inference import as_image_array
 from unetseg.tiling import check_tiling, sliding_window
 
 FORMATS = ("value", "index", "color")
@@ -56,25 +55,11 @@ class Segmenter:
         return cls(load_checkpoint(path), device, amp)
 
     def prepare(self, image: object) -> np.ndarray:
-        """Any supported image -> ``(H, W, C)`` uint8/uint16 with the model's channel count."""
-        name = image if isinstance(image, (str, Path)) else "image"
-        if isinstance(image, (str, Path)):
-            array = read_image(image)
-        elif isinstance(image, Image.Image):
-            array = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK") else image)
-        elif isinstance(image, np.ndarray):
-            array = image
-        else:
-            raise UserError(f"cannot predict on a {type(image).__name__}; pass a path, a PIL image or a NumPy array")
-        array = np.asarray(array)
-        if np.issubdtype(array.dtype, np.floating) and array.size and 0 <= np.nanmin(array) <= np.nanmax(array) <= 1:
-            # Floats in [0, 1] are a share of the value range the model was trained on (255 for 8-bit images).
-            top = float(self.norm["scale"])
-            array = np.round(array * top).astype(np.uint8 if top <= 255 else np.uint16)
-        array = to_image_dtype(array, name)
-        if array.ndim not in (2, 3):
-            raise UserError(f"{name}: expected an H x W or H x W x C image, got an array of shape {array.shape}")
-        return match_channels(array[:, :, None] if array.ndim == 2 else array, self.channels, name)
+        """Any supported image -> ``(H, W, C)`` uint8/uint16 with the model's channel count.
+
+        Floats in [0, 1] are a share of the value range the model was trained on (255 for 8-bit images).
+        """
+        return as_image_array(image, self.channels, top=float(self.norm["scale"]))
 
     def model_input(self, array: np.ndarray, scale: float | None = None) -> np.ndarray:
         """A prepared image resized by ``scale`` (default: the training scale), bicubic as Pytorch-UNet."""

@@ -7,9 +7,7 @@ the progress bar counts written images. Memory stays bounded: only a few batches
 
 from __future__ import annotations
 
-import glob
 import os
-import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,51 +20,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from unetseg.config import PredictConfig
-from unetseg.data.io import IMAGE_SUFFIXES, is_image_file
 from unetseg.errors import UserError
+from unetseg.inference import (
+    check_predict_args,
+    expand_inputs,
+    finish,
+    output_paths,
+    overlay,
+    prediction_row,
+    sidecar,
+    write_mask_file,
+)
 from unetseg.predict import Segmenter, load
-from unetseg.writers import HostBatch, overlay, sidecar, to_host, write_mask_file, write_probs, write_table
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their image files) and globs -> image paths, in order, without duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if is_image_file(p))
-        elif path.is_file():
-            found.append(path)
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [p for p in matches if is_image_file(p)]
-            if not matches:
-                raise UserError(f"-i {item}: the pattern matches no files")
-        else:
-            raise UserError(f"-i {item}: no such file or folder")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"-i {' '.join(inputs)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return unique
-
-
-def output_paths(inputs: list[Path], output: str | None, suffix: str) -> list[Path]:
-    """Where each mask goes: ``<OUT>/<stem>.png``, a single named file, or ``<stem>_OUT.png`` beside the input."""
-    if output and len(inputs) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES:
-        return [Path(output)]
-    if output:
-        targets = [Path(output) / f"{p.stem}{suffix}" for p in inputs]
-    else:
-        targets = [p.with_name(f"{p.stem}_OUT{suffix}") for p in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
-        if target in seen:
-            raise UserError(
-                f"{seen[target]} and {source} would both be written to {target}; "
-                "predict them into separate -o folders or rename one"
-            )
-        seen[target] = source
-    return targets
+from unetseg.writers import HostBatch, to_host, write_probs
 
 
 @dataclass
@@ -138,10 +104,7 @@ def write_result(
         Image.fromarray(overlay(item.image, index, segmenter.class_map)).save(sidecar(target, "overlay", ".png"))
     if cfg.probs:
         write_probs(target, result.probs[j].numpy())
-    pixels = index.size
-    counts = result.counts[j].tolist()
-    row = {"image": str(source), "mask": str(target), "height": item.size[0], "width": item.size[1]}
-    return row | {f"fraction_{n}": counts[k] / pixels for k, n in enumerate(segmenter.class_map.names) if k}
+    return prediction_row(source, target, item.size, result.counts[j].tolist(), segmenter.class_map)
 
 
 def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> list[Path]:
@@ -149,9 +112,9 @@ def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> lis
 
     ``segmenter`` reuses a loaded model (then ``cfg.model_path``, ``device`` and ``amp`` are not used).
     """
-    if not cfg.model_path and segmenter is None:
-        raise UserError("-m/--model is required: the checkpoint to predict with")
-    if not cfg.input:
+    if segmenter is None:
+        check_predict_args(cfg)
+    elif not cfg.input:
         raise UserError("-i/--input is required: image files, folders or globs")
     segmenter = segmenter or load(cfg.model_path, cfg.device, cfg.amp)
     inputs = expand_inputs(cfg.input)
@@ -182,21 +145,5 @@ def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> lis
         bar.close()
         for pool in (decoders, writers):
             pool.shutdown(wait=True, cancel_futures=True)
-    table = outputs[0].parent / "predictions.csv"
-    write_table(table, rows)
-    report(cfg, rows, outputs, table)
+    finish(cfg, rows, outputs)
     return outputs
-
-
-def report(cfg: PredictConfig, rows: list[dict], outputs: list[Path], table: Path) -> None:
-    """The all-empty warning (the "my predictions are black" trap) and where the files went."""
-    empty = sum(1 for row in rows if not any(v for k, v in row.items() if k.startswith("fraction_")))
-    if empty == len(rows):
-        print(
-            f"warning: all {empty} predicted masks are empty (background only); check --scale, --threshold "
-            "and that the model was trained on images like these",
-            file=sys.stderr,
-        )
-    if not cfg.quiet:
-        where = outputs[0].parent if len(outputs) > 1 else outputs[0]
-        print(f"wrote {len(outputs)} mask(s) to {where}; per-image foreground fractions in {table}")

@@ -1,8 +1,7 @@
-"""What ``unetseg predict`` writes per image: the mask, an overlay, probabilities; and ``predictions.csv``."""
+"""A batch's results on their way from the device to the files: compact copies to the host, probability maps."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetseg.data.classmap import ClassMap
-from unetseg.data.io import write_mask
+from unetseg.inference import sidecar
 
 
 @dataclass
@@ -49,22 +47,6 @@ def to_host(index: torch.Tensor, probs: torch.Tensor, num_classes: int, with_pro
     return HostBatch(host[0], host[1], host[2], done)
 
 
-def overlay(image: np.ndarray, index: np.ndarray, class_map: ClassMap, alpha: float = 0.5) -> np.ndarray:
-    """The image in grey/RGB with each foreground class blended in its colour."""
-    base = image.astype(np.float32)
-    if image.dtype != np.uint8:
-        base = base / max(float(base.max()), 1.0) * 255
-    base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base[:, :, :3]
-    colors = np.array(class_map.colors, dtype=np.float32)[index]
-    blend = np.where((index > 0)[:, :, None], (1 - alpha) * base + alpha * colors, base)
-    return blend.clip(0, 255).astype(np.uint8)
-
-
-def sidecar(target: Path, kind: str, suffix: str) -> Path:
-    """``<OUT>/<stem>_<kind><suffix>`` beside a mask."""
-    return target.with_name(f"{target.stem}_{kind}{suffix}")
-
-
 def write_probs(target: Path, probs: np.ndarray) -> Path:
     """16-bit PNG of the foreground probability (binary), or float16 ``(K, H, W)`` .npy."""
     if probs.ndim == 2:
@@ -74,21 +56,3 @@ def write_probs(target: Path, probs: np.ndarray) -> Path:
         path = sidecar(target, "probs", ".npy")
         np.save(path, probs)
     return path
-
-
-def write_mask_file(target: Path, mask: np.ndarray) -> None:
-    """A mask; PNGs with fast compression (masks compress well even at level 1, which is several times faster)."""
-    if target.suffix.lower() == ".png" and (mask.dtype == np.uint8 or mask.max(initial=0) <= 255):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8)).save(target, compress_level=1)
-    else:
-        write_mask(target, mask)
-
-
-def write_table(path: Path, rows: list[dict]) -> None:
-    """``predictions.csv``: one row per image, in input order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

@@ -2,6 +2,8 @@
 
 Images are decoded once into uint8/uint16 arrays (kept at their bit depth); masks into uint8 class indices.
 Batches leave here as uint8/uint16 tensors; conversion to float and normalisation happen on the device.
+torch is imported only where batches are built, so the ONNX runtime path can use the decoding and resize helpers
+without PyTorch installed.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from unetseg.data.classmap import IGNORE_INDEX, ClassMap
+from unetseg.data.classmap import ClassMap
 from unetseg.data.folder import Pair
 from unetseg.data.io import read_image, read_mask
 from unetseg.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -126,6 +131,13 @@ def compute_norm(samples: list[Sample]) -> dict:
     return {"scale": top, "mean": mean.round(6).tolist(), "std": np.maximum(std, 1e-3).round(6).tolist()}
 
 
+def fold_indices(count: int, folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic k-fold split: fold ``fold`` of ``folds`` validates, the rest trains; every image once."""
+    order = np.random.default_rng(seed).permutation(count)
+    val = sorted(order[fold::folds].tolist())
+    return sorted(set(range(count)) - set(val)), val
+
+
 def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/validation split: ``round(count * val_percent / 100)`` images, at least one."""
     if val_percent <= 0 or count < 2:
@@ -135,49 +147,10 @@ def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int],
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
-class TrainBatches:
-    """Random-order batches of fixed-size patches, reproducible from (seed, epoch).
-
-    Images larger than the patch are cropped at a random place; smaller ones are padded (image 0, mask ignore).
-    The last partial batch is dropped unless the dataset is smaller than one batch.
-    """
-
-    def __init__(self, samples: list[Sample], batch_size: int, patch: tuple[int, int], seed: int) -> None:
-        self.samples, self.batch_size, self.patch, self.seed = samples, batch_size, patch, seed
-        self.batch_size = min(batch_size, len(samples))
-
-    def __len__(self) -> int:
-        return len(self.samples) // self.batch_size
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of epoch ``epoch`` from batch ``start`` on: (uint (B, H, W, C), uint8 (B, H, W))."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.samples))
-        corners = rng.random((len(order), 2))
-        for b in range(start, len(self)):
-            idx = range(b * self.batch_size, (b + 1) * self.batch_size)
-            crops = [self._crop(self.samples[order[i]], corners[i]) for i in idx]
-            images = torch.from_numpy(np.stack([c[0] for c in crops]))
-            masks = torch.from_numpy(np.stack([c[1] for c in crops]))
-            yield images, masks
-
-    def _crop(self, sample: Sample, corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ph, pw = self.patch
-        h, w = sample.image.shape[:2]
-        top, left = int(corner[0] * max(h - ph + 1, 1)), int(corner[1] * max(w - pw + 1, 1))
-        image = sample.image[top : top + ph, left : left + pw]
-        mask = sample.mask[top : top + ph, left : left + pw]
-        if image.shape[:2] != (ph, pw):
-            pad_image = np.zeros((ph, pw, image.shape[2]), dtype=image.dtype)
-            pad_mask = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
-            pad_image[: image.shape[0], : image.shape[1]] = image
-            pad_mask[: mask.shape[0], : mask.shape[1]] = mask
-            image, mask = pad_image, pad_mask
-        return image, mask
-
-
 def eval_batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """Every sample exactly once, whole (no crop, no dropped batch); a batch holds images of one size."""
+    import torch
+
     by_size: dict[tuple[int, int], list[Sample]] = {}
     for sample in samples:
         by_size.setdefault(sample.image.shape[:2], []).append(sample)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from unetseg.data.classmap import ClassMap, discover
-from unetseg.data.dataset import Sample, compute_norm, load_samples, split_indices
+from unetseg.data.dataset import Sample, compute_norm, fold_indices, load_samples, split_indices
 from unetseg.data.folder import Pair, ScanResult, find_folders, lossy_masks, pair_files, scan_pairs
 from unetseg.errors import UserError
 
@@ -64,8 +64,12 @@ def prepare(
     validation: float,
     seed: int,
     workers: int = 4,
+    fold: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Scan, build the class map, decode at training resolution, split, and compute normalisation."""
+    """Scan, build the class map, decode at training resolution, split, and compute normalisation.
+
+    ``fold`` = (i, k) validates on fold i of a deterministic k-fold split instead of a random percentage.
+    """
     pairs, scan, root, notes = collect(data, images, masks)
     all_scan = scan
     val_pairs: list[Pair] = []
@@ -83,7 +87,11 @@ def prepare(
     if val_data:
         train, val = samples, load_samples(val_pairs, class_map, channels, scale, workers)
     else:
-        train_idx, val_idx = split_indices(len(samples), validation, seed)
+        train_idx, val_idx = (
+            fold_indices(len(samples), fold[1], fold[0], seed)
+            if fold
+            else split_indices(len(samples), validation, seed)
+        )
         train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     if not train:
         raise UserError("no training images left after the validation split; lower -v/--validation")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from unetseg.data.dataset import Sample, eval_batches
+from unetseg.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from unetseg.engine.precision import autocast, normalize
 from unetseg.metrics import (
     class_scores,
@@ -29,15 +30,20 @@ def evaluate(
     batch_size: int = 8,
     channels_last: bool = True,
     threshold: float = 0.5,
+    dist_info: DistInfo | None = None,
     boundary: bool = False,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
     Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), per-image
-    scores and the rest of :func:`unetseg.metrics.summarize`. All integer accumulation stays on the device until
-    the end (one host sync per evaluation). ``boundary`` adds per-image HD95 and ASD (``boundary``: ``(N, K, 2)``),
-    computed on the host, which costs a copy of each batch's prediction.
+    scores (in the order of ``samples``) and the rest of :func:`unetseg.metrics.summarize`. All integer
+    accumulation stays on the device until the end (one host sync per evaluation). Under DDP each rank scores
+    every world-th image and the integer counts are summed: no image twice, none lost. ``boundary`` adds
+    per-image HD95 and ASD (``boundary``: ``(N, K, 2)``), computed on the host, which costs a copy of each
+    batch's prediction.
     """
+    info = dist_info or DistInfo()
+    everything, samples = samples, samples[info.rank :: info.world]
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -56,9 +62,12 @@ def evaluate(
 
             distances.append(boundary_scores(pred.cpu().numpy(), masks.numpy(), num_classes))  # CPU-GPU sync
     model.train(was_training)
-    order = _input_order(samples, names)
+    all_reduce_sum(cm, info)
+    names = gather_lists(names, info)
+    counts = gather_lists(torch.cat(counts).cpu().tolist() if counts else [], info)
+    order = _input_order(everything, names)
     names = [names[i] for i in order]
-    counts = torch.cat(counts)[order] if counts else torch.zeros(0, num_classes, 3, dtype=torch.int64)
+    counts = torch.tensor(counts, dtype=torch.int64).view(-1, num_classes, 3)[order]
     summary = summarize(cm, counts)
     scores = class_scores(cm)
     result = {
@@ -72,7 +81,8 @@ def evaluate(
         **summary,
     }
     if boundary:
-        result["boundary"] = np.concatenate(distances)[order] if distances else np.zeros((0, num_classes, 2))
+        gathered = gather_lists(np.concatenate(distances).tolist() if distances else [], info)
+        result["boundary"] = np.array(gathered, dtype=np.float64).reshape(-1, num_classes, 2)[order]
     return result
 
 

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -16,67 +17,46 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.dataset import TrainBatches
 from unetseg.data.prepare import Dataset, class_frequencies, prepare
-from unetseg.engine.checkpoint import FORMAT, VERSION, load_checkpoint, load_weights, save_atomic
+from unetseg.data.sampler import TrainBatches, prefetch
+from unetseg.engine import distributed
+from unetseg.engine.checkpoint import load_checkpoint, load_weights
+from unetseg.engine.ema import EMA
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
-from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
+from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
+from unetseg.engine.report import gallery, report_round, summary
+from unetseg.engine.signals import StopSignal
+from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
 from unetseg.loggers import RunLog
-from unetseg.losses import get_loss
-from unetseg.models import create_model, model_spec
-from unetseg.transforms import augment_batch
+from unetseg.losses import build_loss
+from unetseg.models import create_model
+from unetseg.transforms import augment_batch, get_spec
 
 
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint so a resume continues exactly."""
+class StopTraining(Exception):
+    """A stopping rule fired; carries the reason and the exit status."""
 
-    epoch: int = 0  # current epoch, 0-based
-    batch: int = 0  # next batch within the epoch
-    step: int = 0  # optimizer steps taken
-    best: float = -math.inf  # best validation foreground Dice
-    best_step: int = -1
-    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
-    elapsed: float = 0.0  # training seconds spent before this process started
+    def __init__(self, reason: str, exit_code: int = 0) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
 
 
-@dataclass
-class Run:
-    """Everything the loop works on."""
-
-    cfg: TrainConfig
-    dir: Path
-    log: RunLog
-    data: Dataset
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler
-    batches: TrainBatches
-    device: torch.device
-    dtype: torch.dtype
-    state: TrainState
-    started: float = field(default_factory=time.monotonic)  # when this process began training
-
-    def elapsed(self) -> float:
-        """Training seconds across resumes."""
-        return self.state.elapsed + time.monotonic() - self.started
-
-
-def make_run_dir(cfg: TrainConfig, resuming: bool) -> Path:
+def make_run_dir(cfg: TrainConfig, resuming: bool, is_main: bool) -> Path:
     """The run directory; an existing, non-empty one is used only with --resume or --overwrite."""
     path = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if path.exists() and any(path.iterdir()) and not (resuming or cfg.overwrite):
-        raise UserError(
-            f"--out {path}: run directory exists and is not empty; pass --resume {path} to continue it, "
-            "--overwrite to write into it, or another --out"
-        )
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if is_main:
+        if path.exists() and any(path.iterdir()) and not (resuming or cfg.overwrite):
+            raise UserError(
+                f"--out {path}: run directory exists and is not empty; pass --resume {path} to continue it, "
+                "--overwrite to write into it, or another --out"
+            )
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -88,14 +68,49 @@ def patch_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
     return next(iter(sizes)) if len(sizes) == 1 else (256, 256)
 
 
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable GEMMs
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotune convolutions: input sizes repeat in training
+
+
+def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: distributed.DistInfo) -> nn.Module:
+    out_channels = 1 if cfg.classes == 1 else data.class_map.num_classes
+    model = create_model(
+        cfg.model,
+        n_channels=data.channels,
+        n_classes=out_channels,
+        bilinear=cfg.bilinear,
+        width=cfg.width,
+        checkpointing=cfg.checkpointing,
+    )
+    if cfg.load:
+        load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
+    if cfg.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
 def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     """Data, model, optimizer, schedule and state, restored from ``resume`` when given."""
-    run_dir = make_run_dir(cfg, resume is not None)
-    log = RunLog(run_dir, cfg.quiet, cfg.logger)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device = resolve_device(cfg.device)
-    dtype = choose_dtype(cfg.precision, cfg.amp, device)
-    seed_everything(cfg.seed)
+    info = distributed.init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    run_dir = make_run_dir(cfg, resume is not None, info.is_main)
+    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger)
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    seed_everything(cfg.seed, cfg.deterministic, device)
     data = prepare(
         cfg.data,
         cfg.images,
@@ -107,136 +122,173 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.validation,
         cfg.seed,
         cfg.workers,
+        fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
     )
     if resume is not None:
-        data.norm = resume["norm"]  # statistics of the original run, whatever the data now says
-    out_channels = 1 if cfg.classes == 1 else data.class_map.num_classes
-    model = create_model(
-        cfg.model,
-        n_channels=data.channels,
-        n_classes=out_channels,
-        bilinear=cfg.bilinear,
-        width=cfg.width,
-        checkpointing=cfg.checkpointing,
+        data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
+    model = build_model(cfg, data, device, info)
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if info.enabled
+        else model
     )
-    if cfg.load and resume is None:
-        load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
-    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    compiled = bool(cfg.compile or (cfg.compile is None and device.type == "cuda"))
+    if compiled:
+        net = torch.compile(net)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device)
-    batches = TrainBatches(data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed)
-    total = cfg.max_steps or cfg.epochs * len(batches)
-    schedule = Schedule(optimizer, cfg.scheduler, cfg.learning_rate, total, cfg.warmup_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    run = Run(cfg, run_dir, log, data, model, optimizer, schedule, scaler, batches, device, dtype, TrainState())
+    batches = TrainBatches(
+        data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
+    )
+    steps_per_epoch = math.ceil(len(batches) / cfg.accumulate)
+    schedule = Schedule(
+        optimizer, cfg.scheduler, cfg.learning_rate, cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.warmup_steps
+    )
+    dtype = choose_dtype(cfg.precision, cfg.amp, device)
+    # On GPUs the scaler also skips non-finite steps without a host sync (fused optimizers read its flag).
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 or device.type == "cuda")
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
+    run.compile_pending = compiled
+    run.augment = get_spec(cfg.augment)
+    run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
     if resume is not None:
         restore(run, resume)
+        log.truncate_after(run.state.step)
     return run
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def restore(run: Run, ckpt: dict) -> None:
-    """Load weights, optimizer, schedule, scaler, RNG and loop position from a checkpoint."""
-    load_weights(run.model, ckpt["state_dict"], "resume checkpoint")
-    train = ckpt.get("train_state")
-    if not train:
-        raise UserError(
-            "--resume: this checkpoint has no training state (a weights-only file); "
-            "resume from the run's checkpoints/last.pt, or start a new run with -f/--load"
-        )
-    run.optimizer.load_state_dict(train["optimizer"])
-    run.schedule.load_state_dict(train["schedule"])
-    run.scaler.load_state_dict(train["scaler"])
-    run.state = TrainState(**train["state"])
-    torch.set_rng_state(train["rng"]["torch"])
-    if torch.cuda.is_available() and train["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(train["rng"]["cuda"])
-
-
-def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
-    """The self-describing checkpoint (see DESIGN.md)."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": "unetseg",
-        "model": model_spec(run.model),
-        "state_dict": state_dict,
-        "channels": run.data.channels,
-        "norm": run.data.norm,
-        "class_map": run.data.class_map.to_dict(),
-        "scale": run.cfg.scale,
-        "config": to_dict(run.cfg),
-        "score": {"dice_fg": run.state.best, "step": run.state.best_step},
-    }
-    if with_train_state:
-        ckpt["train_state"] = {
-            "optimizer": run.optimizer.state_dict(),
-            "schedule": run.schedule.state_dict(),
-            "scaler": run.scaler.state_dict(),
-            "state": asdict(run.state) | {"elapsed": run.elapsed()},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-        }
-    return ckpt
-
-
-def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor | None:
-    """One optimizer step; returns the loss (on the device), or None when the step was skipped as non-finite."""
-    cfg, model = run.cfg, run.model
-    x = normalize(images, run.data.norm, run.device, cfg.channels_last)
-    y = masks.to(run.device, non_blocking=True).long()
-    if cfg.augment != "none":
-        x, y = augment_batch(x, y, seed=cfg.seed * 1_000_003 + run.state.step)
-    run.schedule.set_step(run.state.step)
-    with autocast(run.device, run.dtype):
-        logits = model(x)
-    loss = get_loss(cfg.loss)(logits, y)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    finite = bool(torch.isfinite(norm) & torch.isfinite(loss))  # host sync: one per step
-    if run.scaler.is_enabled():
-        run.scaler.step(run.optimizer)  # the scaler skips non-finite steps itself and lowers its scale
-        run.scaler.update()
-    elif finite:
-        run.optimizer.step()
-    run.state.step += 1
-    if not finite:
-        run.state.skipped_steps += 1
+def class_weights(option: str, data: Dataset) -> torch.Tensor | None:
+    """Per-class loss weights: none, auto (1 / sqrt(pixel share), mean 1), or a comma-separated list."""
+    k = data.class_map.num_classes
+    if option == "none":
         return None
-    return loss.detach()
+    if option == "auto":
+        freq = torch.tensor(class_frequencies(data.train, k), dtype=torch.float32).clamp_min(1e-4)
+        weights = freq.rsqrt()
+        return weights / weights.mean()
+    try:
+        weights = torch.tensor([float(v) for v in option.split(",")])
+    except ValueError:
+        raise UserError(f"--class-weights {option}: write none, auto, or {k} numbers such as 1,3") from None
+    if len(weights) != k or (weights < 0).any():
+        raise UserError(f"--class-weights {option}: give {k} non-negative weights, one per class")
+    return weights
+
+
+def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
+    """Forward and backward one batch; on the last batch of an accumulation group, the optimizer step.
+
+    Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
+    """
+    cfg, state = run.cfg, run.state
+    x = to_unit(images, run.data.norm, run.device)
+    y = masks.to(run.device, non_blocking=True).long()
+    if run.augment is not None:
+        seed = cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch
+        offset = run.dist.rank * run.batches.batch_size
+        x, y = augment_batch(x, y, seed, offset, run.batches.global_batch, run.augment)
+    x = standardize(x, run.data.norm, cfg.channels_last)
+    ddp = getattr(run.net, "_orig_mod", run.net)  # torch.compile wraps the DDP module
+    sync = last or not isinstance(ddp, DistributedDataParallel)
+    with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
+        logits = run.net(x)
+        loss = run.loss_fn(logits, y)
+    run.scaler.scale(loss / group).backward()
+    if not last:
+        return loss.detach(), None
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget else math.inf
+    run.schedule.set_step(state.step, run.elapsed() / budget)
+    run.scaler.unscale_(run.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    bad = ~torch.isfinite(norm)
+    if run.scaler.is_enabled():
+        run.scaler.step(run.optimizer)  # skips non-finite steps itself
+        run.scaler.update()
+    elif not bad.item():  # host sync; only on the CPU path, where it costs nothing
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema:
+        run.ema.update(run.model)
+    state.step += 1
+    return loss.detach(), bad
+
+
+def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
+    """The first compiled step compiles: time it, and fall back to eager mode if compilation fails."""
+    started = time.monotonic()
+    try:
+        result = train_step(run, images, masks, group, last)
+    except Exception as err:  # inductor/dynamo failures come in many types
+        run.log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
+        run.net, run.compile_pending = run.net._orig_mod, False
+        run.optimizer.zero_grad(set_to_none=True)
+        return train_step(run, images, masks, group, last)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    run.log.info(f"  compile     first step with torch.compile took {time.monotonic() - started:.1f} s")
+    run.compile_pending = False
+    return result
+
+
+class Progress:
+    """Loss and throughput accumulated on the device between reads (no sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+        self.bad_total = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_streak = torch.zeros((), dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        """Start a new window (each validation round reports its own window)."""
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.batches, self.images, self.tick = 0, 0, time.monotonic()
+
+    def add(self, loss: torch.Tensor, bad: torch.Tensor | None, images: int) -> None:
+        self.loss_sum += torch.nan_to_num(loss.float(), nan=0.0, posinf=0.0)
+        self.batches, self.images = self.batches + 1, self.images + images
+        if bad is not None:
+            self.bad_total += bad
+            self.bad_streak.mul_(bad).add_(bad)  # consecutive count: reset to 0 by a good step
+
+    def read(self) -> dict:
+        """Host values (one sync): mean loss and img/s since the window began."""
+        return {
+            "train_loss": self.loss_sum.item() / max(self.batches, 1),
+            "img_s": self.images / max(time.monotonic() - self.tick, 1e-9),
+        }
+
+
+def validation_points(steps: int, rounds: int) -> set[int]:
+    """Batch indices after which to validate: ``rounds`` evenly spaced, always including the epoch's last."""
+    rounds = min(rounds, steps)
+    return {round((k + 1) * steps / rounds) - 1 for k in range(rounds)}
 
 
 def validate(run: Run) -> dict:
-    """One validation round: scores, a metrics.csv row, the schedule, and best.pt when it improved."""
+    """One validation round on every rank (images sharded); returns the row, with the best checkpoint saved."""
     cfg, state = run.cfg, run.state
-    if not run.data.val:
-        return {}
-    result = evaluate(
-        run.model,
-        run.data.val,
-        run.data.norm,
-        run.data.class_map.num_classes,
-        run.device,
-        run.dtype,
-        cfg.val_batch_size,
-        cfg.channels_last,
-    )
-    score = result["dice_fg"]
-    run.schedule.observe(score)
-    improved = not math.isnan(score) and score > state.best
-    if improved:
-        state.best, state.best_step = score, state.step
-        save_atomic(checkpoint_dict(run, with_train_state=False), run.dir / "checkpoints" / "best.pt")
+    started = time.monotonic()
+    with run.ema.applied(run.model) if run.ema else contextlib.nullcontext():
+        result = evaluate(
+            run.model,
+            run.data.val,
+            run.data.norm,
+            run.data.class_map.num_classes,
+            run.device,
+            run.dtype,
+            cfg.val_batch_size,
+            cfg.channels_last,
+            dist_info=run.dist,
+        )
+        score = result["dice_fg"]
+        run.schedule.observe(score)
+        improved = not math.isnan(score) and score > state.best
+        state.rounds_since_best = 0 if improved else state.rounds_since_best + 1
+        if improved:
+            state.best, state.best_step = score, state.step
+            save(run, "best.pt", with_train_state=False)
+        panels = gallery(run) if run.dist.is_main and (improved or run.log.wants_images) else None
     names = run.data.class_map.names
     row = {
         "step": state.step,
@@ -247,165 +299,149 @@ def validate(run: Run) -> dict:
     }
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
-    return row | {"best": state.best, "improved": improved}
+    run.val_cost = time.monotonic() - started
+    row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
+    return row | {"best": state.best, "improved": improved, "panels": panels}
 
 
-def save_last(run: Run, epoch_done: bool = False) -> None:
-    ckpt = checkpoint_dict(run)
-    save_atomic(ckpt, run.dir / "checkpoints" / "last.pt")
-    if epoch_done and run.cfg.save_epochs:
-        save_atomic(ckpt, run.dir / "checkpoints" / f"epoch_{run.state.epoch:03d}.pt")
-
-
-def validation_points(steps: int, rounds: int) -> set[int]:
-    """Batch indices after which to validate: ``rounds`` evenly spaced, always including the epoch's last."""
-    rounds = min(rounds, steps)
-    return {round((k + 1) * steps / rounds) - 1 for k in range(rounds)}
-
-
-class StopTraining(Exception):
-    """Raised inside the loop when a stopping rule fires; carries the reason."""
-
-
-def check_limits(run: Run) -> None:
-    """Stopping rules checked after every step."""
+def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:
+    """Stopping rules, checked after every optimizer step; device counters are read only when ``read_now``."""
     cfg, state = run.cfg, run.state
+    if read_now:
+        state.skipped_steps, state.bad_streak = int(progress.bad_total), int(progress.bad_streak)
+        if state.bad_streak >= cfg.max_bad_steps:
+            raise StopTraining(
+                f"training diverged: {state.bad_streak} consecutive steps had a non-finite loss or gradient; "
+                "try a lower -l/--learning-rate, --grad-clip 1, or --precision fp32 (best.pt is intact)",
+                exit_code=2,
+            )
+        if distributed.any_rank(stop.received is not None, run.dist, run.device):
+            stop.received = stop.received or 15
+            raise StopTraining("interrupted", exit_code=stop.exit_code)
     if cfg.max_steps and state.step >= cfg.max_steps:
         raise StopTraining(f"reached --max-steps {cfg.max_steps}")
-    if cfg.time_budget and run.elapsed() >= parse_duration(cfg.time_budget):
+    # Leave room for the final validation and checkpoint inside the budget.
+    if cfg.time_budget and run.elapsed() + run.val_cost >= parse_duration(cfg.time_budget):
         raise StopTraining(f"reached --time-budget {cfg.time_budget}")
-    if run.state.skipped_steps and run.state.skipped_steps >= cfg.max_bad_steps:
-        raise StopTraining(
-            f"{state.skipped_steps} steps had a non-finite loss or gradient; try a lower "
-            "-l/--learning-rate, --grad-clip 1, or --precision fp32"
-        )
+    if cfg.patience and state.rounds_since_best >= cfg.patience:
+        raise StopTraining(f"early stopping: no improvement in {cfg.patience} validation rounds")
 
 
-def train_one_epoch(run: Run) -> None:
+def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
     """Steps over one epoch (from the saved batch on a resume), with validation rounds at fixed points."""
     cfg, state, batches = run.cfg, run.state, run.batches
     points = validation_points(len(batches), cfg.val_rounds)
     run.model.train()
     bar = tqdm(
-        total=len(batches) * batches.batch_size,
-        initial=state.batch * batches.batch_size,
+        total=len(batches) * batches.global_batch,
+        initial=state.batch * batches.global_batch,
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
         unit="img",
-        disable=cfg.quiet,
+        disable=run.log.quiet,
         leave=False,
     )
-    loss_sum, loss_count, tick, tick_images = None, 0, time.monotonic(), 0
-    for images, masks in batches.epoch(state.epoch, state.batch):
-        loss = train_step(run, images, masks)
+    source = batches.epoch(state.epoch, state.batch)
+    if run.device.type == "cuda":
+        source = prefetch(source, pin=True)
+    for images, masks in source:
+        index = state.batch
+        group_start = index - index % cfg.accumulate
+        group = min(cfg.accumulate, len(batches) - group_start)
+        last = index + 1 == group_start + group
+        loss, bad = (
+            compiled_step(run, images, masks, group, last)
+            if run.compile_pending
+            else train_step(run, images, masks, group, last)
+        )
         state.batch += 1
-        bar.update(len(images))
-        tick_images += len(images)
-        if loss is not None:
-            loss_sum, loss_count = (loss if loss_sum is None else loss_sum + loss), loss_count + 1
-        if state.batch % 10 == 0 or state.batch - 1 in points:  # read the loss only now: no sync per step
-            rate = tick_images / max(time.monotonic() - tick, 1e-9)
-            bar.set_postfix(
-                loss=f"{(loss_sum / max(loss_count, 1)).item():.4f}" if loss_sum is not None else "nan",
-                img_s=f"{rate:.1f}",
-            )
-        if state.batch - 1 in points:
-            row = validate(run)
-            if row:
-                row |= {
-                    "train_loss": (loss_sum / max(loss_count, 1)).item() if loss_sum is not None else math.nan,
-                    "img_s": tick_images / max(time.monotonic() - tick, 1e-9),
-                }
-                report_round(run, row)
-            loss_sum, loss_count, tick, tick_images = None, 0, time.monotonic(), 0
+        progress.add(loss, bad, len(images) * run.dist.world)
+        bar.update(len(images) * run.dist.world)
+        if not last:
+            continue
+        read_now = state.step % cfg.log_every == 0 or index in points or stop.received is not None
+        if read_now:
+            values = progress.read()
+            bar.set_postfix(loss=f"{values['train_loss']:.4f}", img_s=f"{values['img_s']:.1f}")
+            run.log.scalars(state.step, values | {"lr": run.optimizer.param_groups[0]["lr"]})
+        if index in points and run.data.val:
+            report_round(run, validate(run) | progress.read())
+            run.last_val_step = state.step
+            progress.reset()
         if cfg.save_every and state.step % cfg.save_every == 0:
-            save_last(run)
-        check_limits(run)
+            save(run, "last.pt")
+        check_limits(run, stop, progress, read_now or run.device.type == "cpu")
     bar.close()
 
 
-def report_round(run: Run, row: dict) -> None:
-    """One console line per validation round, and its metrics.csv row."""
-    improved = row.pop("improved")
-    names = run.data.class_map.names
-    per_class = " ".join(f"{n}={row.get(f'dice_{n}', math.nan):.4f}" for n in names[1:])
-    run.log.info(
-        f"step {row['step']:>6} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
-        f"val dice_fg {row['dice_fg']:.4f} ({per_class})  lr {row['lr']:.2e}  "
-        f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
-    )
-    run.log.metrics(row)
-
-
-def summary(run: Run) -> None:
-    """The start-up summary of the settings, like Pytorch-UNet's."""
-    cfg, data = run.cfg, run.data
-    freq = class_frequencies(data.train, data.class_map.num_classes)
-    classes = ", ".join(
-        f"{n} (value {v}, {100 * f:.1f}%)" for n, v, f in zip(data.class_map.names, data.class_map.values, freq)
-    )
-    params = sum(p.numel() for p in run.model.parameters())
-    lines = [
-        f"unetseg train -> {run.dir}",
-        f"  data        {data.root}: {len(data.train)} train, {len(data.val)} validation images, "
-        f"{data.channels} channel(s), scale {cfg.scale}",
-        f"  classes     {classes}",
-        f"  model       {cfg.model} width {cfg.width}{' bilinear' if cfg.bilinear else ''}, "
-        f"{params / 1e6:.2f} M parameters, {run.model.outc.conv.out_channels} output channel(s)",
-        f"  device      {run.device}, precision {str(run.dtype).replace('torch.', '')}"
-        f"{', grad scaler' if run.scaler.is_enabled() else ''}",
-        f"  training    {cfg.epochs} epochs x {len(run.batches)} steps, batch {run.batches.batch_size}, patch "
-        f"{run.batches.patch[0]}x{run.batches.patch[1]}, {cfg.optimizer} lr {cfg.learning_rate:g} "
-        f"({cfg.scheduler}, {cfg.warmup_steps} warm-up steps), loss {cfg.loss}, clip {cfg.grad_clip:g}, "
-        f"augment {cfg.augment}",
-        f"  validation  {cfg.val_rounds} round(s) per epoch, checkpoints every epoch"
-        f"{f' and every {cfg.save_every} steps' if cfg.save_every else ''}",
-    ]
-    for note in data.notes:
-        lines.append(f"  note        {note}")
-    for line in lines:
-        run.log.info(line)
+def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
+    """Epoch after epoch, with last.pt (and epoch_NNN.pt) at the end of each."""
+    cfg, state = run.cfg, run.state
+    while state.epoch < cfg.epochs:
+        train_one_epoch(run, stop, progress)
+        state.epoch, state.batch = state.epoch + 1, 0
+        save(run, "last.pt")
+        if cfg.save_epochs:
+            save(run, f"epoch_{state.epoch:03d}.pt")
+        if not run.data.val:
+            state.best_step = state.step
+            save(run, "best.pt", with_train_state=False)
 
 
 def fit(cfg: TrainConfig, resume: dict | None = None) -> dict:
-    """Train a model; returns the best score and the path of best.pt."""
+    """Train a model; returns the best score, the run directory and the exit status."""
+    started = time.monotonic()  # a time budget covers set-up (data decoding, model build) too
     run = build_run(cfg, resume)
     summary(run)
-    if not run.data.val:
-        run.log.warn("no validation images (-v 0 and no --val-data): best.pt is the last epoch's weights")
-    run.started, reason = time.monotonic(), "finished all epochs"
-    try:
-        while run.state.epoch < cfg.epochs:
-            train_one_epoch(run)
-            run.state.epoch, run.state.batch = run.state.epoch + 1, 0
-            save_last(run, epoch_done=True)
-            if not run.data.val:
-                save_atomic(checkpoint_dict(run, with_train_state=False), run.dir / "checkpoints" / "best.pt")
-    except StopTraining as stop:
-        reason = str(stop)
-        if run.state.batch and run.data.val and run.state.best_step != run.state.step:
-            report_final_round(run)
-        save_last(run)
+    stop, progress = StopSignal(), Progress(run.device)
+    progress.bad_total.fill_(run.state.skipped_steps)
+    progress.bad_streak.fill_(run.state.bad_streak)
+    run.started, run.last_val_step = started, run.state.step
+    reason, code = "finished all epochs", 0
+    with stop.installed():
+        try:
+            run_epochs(run, stop, progress)
+        except StopTraining as stopped:
+            reason, code = str(stopped), stopped.exit_code
+            if code == 0 and run.data.val and run.last_val_step != run.state.step:
+                report_round(run, validate(run) | progress.read())  # a last round for the final weights
+            save(run, "last.pt")
+        except torch.OutOfMemoryError:
+            raise UserError(
+                f"out of memory on {run.device} with batch {run.batches.batch_size} and patch "
+                f"{run.batches.patch[0]}x{run.batches.patch[1]}; try a smaller -b/--batch-size, --amp, a smaller "
+                "--patch-size, or --checkpointing"
+            ) from None
+    return finish(run, reason, code)
+
+
+def finish(run: Run, reason: str, code: int) -> dict:
+    """Final summary lines, and what the caller needs."""
     run.state.elapsed = run.elapsed()
     best = run.dir / "checkpoints" / "best.pt"
-    run.log.info(
-        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
-        f"{run.state.elapsed:.0f} s"
-    )
-    run.log.info(f"  best model  {best}")
-    run.log.info(f"  predict     unetseg predict -m {best} -i IMAGES -o OUT")
-    run.log.close()
+    log = run.log
+    if code in (130, 143):
+        log.warn(f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}")
+        log.warn(f"resume with: unetseg train --resume {run.dir}")
+    elif code:
+        log.warn(reason)
+    else:
+        log.info(
+            f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
+            f"{run.state.elapsed:.0f} s"
+        )
+    if run.state.skipped_steps:
+        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
+    log.info(f"  best model  {best}")
+    log.info(f"  predict     unetseg predict -m {best} -i IMAGES -o OUT")
+    log.close()
+    distributed.cleanup(run.dist)
     return {
         "best_dice_fg": run.state.best,
         "best_step": run.state.best_step,
         "run_dir": str(run.dir),
         "best_checkpoint": str(best),
         "steps": run.state.step,
+        "skipped_steps": run.state.skipped_steps,
         "reason": reason,
+        "exit_code": code,
     }
-
-
-def report_final_round(run: Run) -> None:
-    """A last validation when a stopping rule fired between rounds."""
-    row = validate(run)
-    if row:
-        report_round(run, row | {"train_loss": math.nan, "img_s": math.nan})

@@ -242,8 +242,6 @@ class PredictConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        from unetseg.tiling import check_tiling  # torch-free config module: import only when checking
-
         check_tiling(self.tile, self.overlap)
 
 
@@ -293,6 +291,17 @@ class ExportConfig:
         if self.output is None:
             model = Path(self.model_path)
             self.output = str(model.with_suffix(".onnx" if self.format == "onnx" else ".torchscript.pt"))
+
+
+MIN_TILE = 16  # the U-Net halves its input 4 times
+
+
+def check_tiling(tile: int | None, overlap: float) -> None:
+    """Clear errors for a tile too small for the U-Net and an overlap outside [0, 1) (CLI and Python API)."""
+    if tile is not None and tile < MIN_TILE:
+        raise UserError(f"--tile {tile}: windows must be at least {MIN_TILE} pixels (the U-Net halves them 4 times)")
+    if not 0 <= overlap < 1:
+        raise UserError(f"--overlap {overlap}: must be in [0, 1), e.g. 0.5 (half a tile shared by neighbours)")
 
 
 def parse_duration(text: str) -> float:

@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from unetseg import tta as tta_views
+from unetseg.config import check_tiling
 from unetseg.data.classmap import ClassMap
 from unetseg.data.dataset import resize_image, scaled_size
 from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
 from unetseg.errors import UserError
 from unetseg.inference import as_image_array
-from unetseg.tiling import check_tiling, sliding_window
+from unetseg.tiling import sliding_window
 
 FORMATS = ("value", "index", "color")
 
@@ -42,7 +43,6 @@ class Segmenter:
         self.dtype = choose_dtype("fp32", amp, self.device)
         self.model = build_model(checkpoint).to(self.device)
         self.class_map = ClassMap.from_dict(checkpoint["class_map"])
-        self.outputs = int(checkpoint["model"]["n_classes"])  # 1: one sigmoid output for two classes
         self.norm = checkpoint["norm"]
         self.channels = int(checkpoint["channels"])
         self.scale = float(checkpoint.get("scale", 1.0))
@@ -84,7 +84,8 @@ class Segmenter:
 
         def probabilities(view: torch.Tensor, view_size: tuple[int, int]) -> torch.Tensor:
             if tile:
-                logits = sliding_window(self._logits, view, tile, overlap, batch_size, num_classes=self.outputs)
+                classes = self.class_map.num_classes  # sizes the blend, to choose where it fits
+                logits = sliding_window(self._logits, view, tile, overlap, batch_size, num_classes=classes)
             else:
                 logits = self._logits(view).float()
             # Resize logits, not probabilities, as Pytorch-UNet does: its masks stay identical to ours.

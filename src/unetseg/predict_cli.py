@@ -46,6 +46,7 @@ class Decoded:
 
 
 def decode(segmenter: Segmenter, position: int, path: Path, scale: float | None, keep: bool) -> Decoded:
+    """A decoder thread's part: read, match channels, resize for the model."""
     image = segmenter.prepare(path)
     return Decoded(position, segmenter.model_input(image, scale), image.shape[:2], image if keep else None)
 
@@ -53,7 +54,11 @@ def decode(segmenter: Segmenter, position: int, path: Path, scale: float | None,
 def decoded_batches(
     segmenter: Segmenter, paths: list[Path], cfg: PredictConfig, pool: ThreadPoolExecutor, workers: int
 ) -> Iterator[list[Decoded]]:
-    """Batches of same-size images, decoded ahead in ``pool``; a batch leaves once full, the rest at the end."""
+    """Batches of same-size images, decoded ahead in ``pool``.
+
+    A batch leaves once full; when too many images wait for company (many different sizes), the oldest partial
+    batch leaves; the rest leave at the end.
+    """
     ahead = 2 * max(cfg.batch_size, workers)  # enough to keep every decoder busy, few enough for memory
     todo = iter(enumerate(paths))
     futures: deque[Future] = deque()

@@ -14,19 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from unetseg.errors import UserError
-
 SIGMA_SCALE = 1 / 8  # nnU-Net: sigma = tile * 1/8
 DEVICE_MEMORY_SHARE = 0.5  # leave half the free memory for the windows' own activations
-MIN_TILE = 16  # the U-Net halves its input 4 times
-
-
-def check_tiling(tile: int | None, overlap: float) -> None:
-    """Clear errors for a tile too small for the U-Net and an overlap outside [0, 1)."""
-    if tile is not None and tile < MIN_TILE:
-        raise UserError(f"--tile {tile}: windows must be at least {MIN_TILE} pixels (the U-Net halves them 4 times)")
-    if not 0 <= overlap < 1:
-        raise UserError(f"--overlap {overlap}: must be in [0, 1), e.g. 0.5 (half a tile shared by neighbours)")
 
 
 def window_starts(length: int, tile: int, overlap: float) -> list[int]:

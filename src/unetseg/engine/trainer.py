@@ -120,6 +120,10 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.validation,
         cfg.seed,
         cfg.workers,
+        classes_file=cfg.classes_file,
+        resize_to_mask=cfg.resize_to_mask,
+        cache=cfg.cache,
+        cache_dir=cfg.cache_dir,
     )
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now

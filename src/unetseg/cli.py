@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from unetseg.config import EvaluateConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.config import DoctorConfig, EvaluateConfig, PredictConfig, TrainConfig, build, load_yaml
 from unetseg.errors import UserError
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly:
@@ -54,6 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_options(evaluate, EvaluateConfig)
     predict = sub.add_parser("predict", help="masks for image files, folders or globs")
     add_options(predict, PredictConfig)
+    doctor = sub.add_parser("doctor", help="check a dataset before training: what is wrong and how to fix it")
+    add_options(doctor, DoctorConfig)
     return parser
 
 
@@ -130,7 +132,13 @@ def predict_command(values: dict) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command}
+def doctor_command(values: dict) -> int:
+    from unetseg.doctor import run_doctor
+
+    return run_doctor(build(DoctorConfig, values))
+
+
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command, "doctor": doctor_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,3 +146,14 @@ def test_resize_to_mask_fixes_a_same_aspect_mismatch_only(tmp_path, capsys):
     Image.open(root / "masks" / "img000.png").resize((64, 40), Image.NEAREST).save(root / "masks" / "img000.png")
     code = main(["train", "--data", str(root), "--resize-to-mask", "--out", str(tmp_path / "r"), *TINY])
     assert code == 2 and "aspect ratios differ" in capsys.readouterr().err
+
+
+def test_evaluate_names_every_mask_with_values_the_checkpoint_does_not_know(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "-v", "25", *TINY]) == 0
+    other = make_dataset(tmp_path / "other", count=3, size=(32, 32), values=(0, 77, 255))
+    best = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert main(["evaluate", "-m", best, "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "3 dataset problems" in err and "mask values {77} are not in the class map {0, 255}" in err
+    assert all(f"masks/img00{i}.png" in err for i in range(3))

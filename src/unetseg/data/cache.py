@@ -10,11 +10,9 @@ epoch decodes a file again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from unetseg.data.checks import FolderCheck
 from unetseg.data.classmap import ClassMap
 from unetseg.data.dataset import Sample, image_stats, load_sample, load_samples, scaled_size
 from unetseg.data.folder import Pair
-from unetseg.data.index import digest, write_atomic
+from unetseg.data.index import cache_lock, digest, write_atomic
 from unetseg.errors import DataError, UserError
 
 CACHE_VERSION = 1
@@ -47,7 +45,7 @@ def decoded_samples(
     if check.home is None:
         return load_samples(check.pairs, class_map, channels, scale, workers, resize_to_mask)
     folder = check.home / f"decoded-{cache_key(check, class_map, channels, scale, resize_to_mask)}"
-    with _lock(check.home / "decoded.lock"):  # one process builds, the others (DDP ranks) wait and reuse it
+    with cache_lock(check.home, "decoded"):  # one process builds, the others (DDP ranks) wait and reuse it
         samples = _open(folder, check)
         if samples is None:
             try:
@@ -70,21 +68,6 @@ def cache_key(check: FolderCheck, class_map: ClassMap, channels: int, scale: flo
     ]
     settings = [CACHE_VERSION, scale, channels, class_map.to_dict(), resize_to_mask]
     return digest(json.dumps([settings, files]), size=12)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent builders each write a temp folder, one wins
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _layout(check: FolderCheck, channels: int, scale: float, resize_to_mask: bool) -> tuple[list[dict], int, int]:

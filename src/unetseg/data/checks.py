@@ -14,7 +14,7 @@ import numpy as np
 from unetseg.data.classfile import find_classes_file, load_classes_file
 from unetseg.data.classmap import IGNORE_INDEX, ClassMap, discover
 from unetseg.data.folder import Pair, find_folders, is_lossy, lossy_masks, match_files
-from unetseg.data.index import FileInfo, ScanResult, cache_home, open_index, scan_files
+from unetseg.data.index import FileInfo, ScanResult, cache_home, cache_lock, open_index, scan_files
 from unetseg.errors import DataError, UserError
 
 EXAMPLES = 3  # file names shown per warning
@@ -74,7 +74,8 @@ def check_folder(
         notes.append(f"{root}: no writable cache folder (pass --cache-dir DIR); nothing is cached")
     files = [("image", p.image) for p in pairs] + [("mask", p.mask) for p in pairs]
     files += [("image" if p.parent == image_dir else "mask", p) for p in unmatched]
-    infos, read_problems = scan_files(files, open_index(home, image_dir, mask_dir), workers)
+    with cache_lock(home, "index"):  # concurrent starts (DDP ranks): one scans, the others read its index
+        infos, read_problems = scan_files(files, open_index(home, image_dir, mask_dir), workers)
     problems += read_problems.values()
     good, image_infos, mask_infos = [], [], []
     for pair in pairs:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from unetseg.data.folder import Pair, color_keys, image_channels
-from unetseg.data.io import describe, read_bytes, read_image, read_mask
+from unetseg.data.io import describe, probe_jpeg, read_bytes, read_image, read_mask
 from unetseg.errors import DataError, UserError
 
 INDEX_VERSION = 1
@@ -38,7 +39,6 @@ class FileInfo:
     dtype: str
     channels: int = 1  # as stored, alpha included; 3 for a colour mask
     info_channels: int = 1  # images: channels that carry information (a constant alpha does not)
-    top: int = 0  # images: largest pixel value
     values: list[int] = field(default_factory=list)  # masks: sorted distinct values (r << 16 | g << 8 | b for colour)
     counts: list[int] = field(default_factory=list)  # masks: pixels holding each value
 
@@ -168,6 +168,25 @@ class FileIndex:
         self.changed = False
 
 
+@contextlib.contextmanager
+def cache_lock(home: Path | None, name: str = "lock") -> Iterator[None]:
+    """Hold ``home/<name>.lock`` so that concurrent starts (DDP ranks) do work once; the others wait, then reuse it."""
+    if home is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent writers each write a temp file, one wins
+        yield
+        return
+    with open(home / f"{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_index(home: Path | None, image_dir: Path, mask_dir: Path) -> FileIndex:
     """The index of this pair of folders in ``home`` (an index that never saves when ``home`` is None)."""
     if home is None:
@@ -191,6 +210,9 @@ def scan_file(role: str, path: Path) -> FileInfo:
     data = read_bytes(path)
     common = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "kind": describe(path, data)}
     common["hash"] = hashlib.blake2b(data, digest_size=16).hexdigest()
+    probe = probe_jpeg(path, data) if role == "image" and path.suffix.lower() in (".jpg", ".jpeg") else None
+    if probe is not None:  # the scan needs no pixels of a JPEG image: its stream was checked at 1/8 scale
+        return FileInfo(**common, shape=probe[0], dtype="uint8", channels=probe[1], info_channels=probe[1])
     if role == "image":
         image = read_image(path, data)
         return FileInfo(
@@ -199,7 +221,6 @@ def scan_file(role: str, path: Path) -> FileInfo:
             dtype=str(image.dtype),
             channels=image.shape[2],
             info_channels=image_channels(image),
-            top=int(image.max(initial=0)),
         )
     mask = read_mask(path, data)
     values, counts = value_counts(mask)

@@ -65,9 +65,11 @@ def _bomb_error(path: Path, detail: str) -> UserError:
     )
 
 
-def _open_pillow(path: Path, data: bytes) -> Image.Image:
+def _open_pillow(path: Path, data: bytes, draft: bool = False) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
+        if draft and image.format == "JPEG":
+            image.draft(None, (image.width // 8, image.height // 8))
         image.load()
     except Image.DecompressionBombError as err:
         raise _bomb_error(path, str(err)) from err
@@ -81,6 +83,20 @@ def _open_pillow(path: Path, data: bytes) -> Image.Image:
         what = "the file is truncated, as after an interrupted copy or download" if truncated else f"{err}"
         raise UserError(f"{path}: cannot read this file as an image ({what}); replace or remove it") from err
     return image
+
+
+def probe_jpeg(path: Path, data: bytes) -> tuple[list[int], int] | None:
+    """Size ``[H, W]`` and channels of a JPEG image, checked by decoding its whole stream at 1/8 scale.
+
+    libjpeg's DCT scaling makes that several times faster than a full decode, and a truncated or corrupt file
+    fails just the same: enough for a scan, which needs no pixels of a JPEG image. None when the file is not
+    a JPEG whatever its name says (read it in full instead).
+    """
+    image = _open_pillow(path, data, draft=True)
+    if image.format != "JPEG":
+        return None
+    with Image.open(io.BytesIO(data)) as header:
+        return [header.height, header.width], 1 if header.mode == "L" else 3  # CMYK is read as RGB
 
 
 def _read_tiff(path: Path, data: bytes) -> np.ndarray:

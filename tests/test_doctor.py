@@ -126,3 +126,30 @@ def test_doctor_warnings_alone_still_exit_0(tmp_path, capsys):
     assert main(["doctor", "--data", str(root)]) == 0
     report = capsys.readouterr().out
     assert "warning   1 images are exact copies of another" in report and "ready to train (1 warning(s))" in report
+
+
+def test_masks_once_saved_as_jpeg_are_a_problem_until_a_class_count_allows_snapping(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
+    for path in (root / "masks").iterdir():
+        buffer = io.BytesIO()
+        Image.open(path).save(buffer, "JPEG", quality=70)
+        Image.open(buffer).save(path)  # a PNG holding JPEG noise
+    assert main(["doctor", "--data", str(root)]) == 2
+    report = capsys.readouterr().out
+    assert "like JPEG compression noise" in report and "pass -c 2" in report
+    assert f"suggested unetseg train --data {root} -c 2" in report
+    assert main(["doctor", "--data", str(root), "-c", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "mask values look like JPEG compression noise: snapped to the 2 class values {0, 255}" in report
+    assert "4 masks carry compression noise" in report
+
+
+def test_colour_and_grey_masks_together_are_one_problem(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", count=3, size=(32, 32))
+    grey = np.asarray(Image.open(root / "masks" / "img000.png"))
+    Image.fromarray(np.stack([grey, np.zeros_like(grey), np.zeros_like(grey)], axis=2)).save(
+        root / "masks" / "img000.png"
+    )
+    assert main(["doctor", "--data", str(root)]) == 2
+    report = capsys.readouterr().out
+    assert "some masks are colour (RGB), e.g. " in report and "img000.png" in report and "one encoding" in report

@@ -6,6 +6,7 @@ refuse the same datasets with the same messages.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 
@@ -118,11 +119,11 @@ def suggest(report: Inspection, cfg: DoctorConfig) -> str:
     parts += [f"--val-data {cfg.val_data}"] if cfg.val_data else []
     parts += [f"--classes-file {cfg.classes_file}"] if cfg.classes_file else []
     parts += [f"-c {cfg.classes}"] if cfg.classes else []
-    snap_hint = next((p for p in report.problems if "pass -c " in p), None)
-    if snap_hint and not cfg.classes:
-        parts.append("-c " + snap_hint.split("pass -c ")[1].split()[0])
-    if cfg.resize_to_mask or any("--resize-to-mask to resize" in p for p in report.problems):
-        parts.append("--resize-to-mask")
+    # Problems whose fix is an option say "pass <option>": the command carries each such option once.
+    advised = dict.fromkeys(m for p in report.problems for m in re.findall(r"pass (-c \d+|--resize-to-mask)", p))
+    counts = [o for o in advised if o.startswith("-c")][:1] if not cfg.classes else []  # the first class count
+    parts += counts + [o for o in advised if not o.startswith("-c")]
+    parts += ["--resize-to-mask"] if cfg.resize_to_mask and "--resize-to-mask" not in advised else []
     parts += [f"--channels {cfg.channels}"] if cfg.channels else []
     sides = [max(i.shape) for f in report.folders for i in f.scan.images]
     if cfg.scale != 1.0:

@@ -139,13 +139,6 @@ def _folder_findings(check: FolderCheck) -> None:
     resized = [p for p, i, m in zip(check.pairs, scan.images, scan.masks) if i.shape != m.shape]
     if resized:
         check.notes.append(f"{len(resized)} images are resized to their mask's size (--resize-to-mask)")
-    colour = [m.is_color for m in scan.masks]
-    if any(colour) and not all(colour):
-        grey = [str(p.mask) for p, c in zip(check.pairs, colour) if not c][:EXAMPLES]
-        check.problems.append(
-            f"some masks are colour (RGB) and others single-channel (e.g. {', '.join(grey)}); "
-            "save all masks in one encoding"
-        )
 
 
 def inspect_dataset(
@@ -172,7 +165,9 @@ def inspect_dataset(
     path = find_classes_file(_unique([f.root for f in folders] + [f.mask_dir for f in folders]), classes_file)
     class_map = None
     scan = sum((f.scan for f in folders[1:]), folders[0].scan)
-    if pairs and not any("colour (RGB) and others" in p for p in problems):
+    mixed = mixed_encodings(scan)
+    problems += mixed
+    if pairs and not mixed:
         try:
             class_map, map_notes = _class_map(scan, classes, path, lossy_masks(pairs))
             notes += map_notes
@@ -184,6 +179,19 @@ def inspect_dataset(
             problems.append(str(err))
     warnings += duplicate_warnings(folders)
     return Inspection(folders, class_map, path, problems, warnings, notes)
+
+
+def mixed_encodings(scan: ScanResult) -> list[str]:
+    """Colour (RGB) masks and single-channel masks cannot share one class map."""
+    colour = [m.is_color for m in scan.masks]
+    if not any(colour) or all(colour):
+        return []
+    grey = [str(p.mask) for p, c in zip(scan.pairs, colour) if not c][:EXAMPLES]
+    rgb = [str(p.mask) for p, c in zip(scan.pairs, colour) if c][:EXAMPLES]
+    return [
+        f"some masks are colour (RGB), e.g. {', '.join(rgb)}, and others single-channel, e.g. {', '.join(grey)}; "
+        "save all masks in one encoding"
+    ]
 
 
 def _unique(paths: list[Path]) -> list[Path]:

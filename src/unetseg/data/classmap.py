@@ -196,7 +196,8 @@ def discover(scan: ScanResult, classes: int | None, lossy: bool = False) -> tupl
             raise DataError(
                 f"masks hold {len(found)} values {_fmt(found.tolist())} clustered around {_fmt(peaks.tolist())}, "
                 "like JPEG compression noise (masks once saved as JPEG); re-export the masks without compression, "
-                f"or pass -c {len(peaks)} to snap every pixel to the nearest of these values"
+                f"or pass -c {len(peaks)} to snap every pixel to the nearest of these values "
+                f"(if the {len(found)} values are real classes, pass -c {len(found)})"
             )
     if wanted is None:
         if len(found) < 2:
@@ -249,23 +250,30 @@ def _peaks(hist: np.ndarray) -> np.ndarray:
 
 
 def looks_lossy(hist: np.ndarray) -> bool:
-    """Values that cluster tightly around a few well-separated peaks, the rest rare: JPEG noise, not classes.
+    """Many values, nearly all within the noise radius of a few well-separated peaks: JPEG noise, not classes.
 
-    Class-index masks (0, 1, 2, ...) never qualify: their values are not separated by more than the noise radius.
+    Class-index masks (0, 1, 2, ...) rarely qualify: their busy values are not that far apart. When they do, the
+    message that follows says to pass their class count, which turns snapping off.
     """
     peaks = _peaks(hist)
     if len(peaks) < 2 or np.diff(peaks).min() <= 2 * LOSSY_PEAK_RADIUS:
         return False
     present = np.flatnonzero(hist)
-    noise = present[~np.isin(present, peaks)]
-    distance = np.abs(noise[:, None] - peaks[None, :]).min(axis=1) if len(noise) else np.zeros(0)
-    rare = hist[noise].sum() < 0.05 * hist.sum()
-    return len(noise) >= 2 * len(peaks) and bool((distance <= LOSSY_PEAK_RADIUS).all()) and rare
+    near = np.abs(present[:, None] - peaks[None, :]).min(axis=1) <= LOSSY_PEAK_RADIUS
+    return len(present) >= 4 * len(peaks) and hist[present[near]].sum() >= 0.9 * hist.sum()
 
 
 def lossy_peaks(hist: np.ndarray, wanted: int | None) -> tuple[np.ndarray, int]:
-    """Real class values of noisy masks (the ``wanted`` most common, or the histogram's peaks) and pixels moved."""
+    """Real class values of noisy masks (the ``wanted`` most common, or the histogram's peaks) and pixels moved.
+
+    Compression shifts flat areas by a level or two (0 -> 1, 255 -> 254): a peak that close to the end of the
+    range stands for the end value, as long as that keeps the classes apart.
+    """
     peaks = np.sort(np.argsort(hist)[::-1][:wanted]) if wanted else _peaks(hist)
+    top = 255 if not hist[256:].any() else 65535
+    ends = np.where(peaks <= LOSSY_PEAK_RADIUS, 0, np.where(peaks >= top - LOSSY_PEAK_RADIUS, top, peaks))
+    if len(np.unique(ends)) == len(peaks):
+        peaks = ends
     present = np.flatnonzero(hist)
     moved = int(hist[present[~np.isin(present, peaks)]].sum())
     return peaks, moved

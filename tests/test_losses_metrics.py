@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from unetseg.data.classmap import IGNORE_INDEX
 from unetseg.data.dataset import Sample
 from unetseg.engine.evaluation import evaluate
-from unetseg.losses import ce_dice_loss, soft_dice_loss
+from unetseg.losses import build_loss, ce_dice_loss, soft_dice_loss
 from unetseg.metrics import class_scores, confusion_matrix, foreground_mean, image_dice, per_image_counts
 
 
@@ -80,3 +81,26 @@ def test_evaluation_does_not_depend_on_batch_size():
     one = evaluate(model, samples, norm, 2, torch.device("cpu"), batch_size=1)
     many = evaluate(model, samples, norm, 2, torch.device("cpu"), batch_size=5)
     assert one["confusion"] == many["confusion"] and len(one["images"]) == 7
+
+
+@pytest.mark.parametrize("name", ["ce", "ce+dice", "focal", "focal+dice", "tversky", "ce+tversky"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_loss_is_low_when_right_high_when_wrong_and_ignores_255(name, channels):
+    target = torch.tensor([[[0, 1], [IGNORE_INDEX, 1]]])
+    right = torch.full((1, max(channels, 2), 2, 2), -8.0).scatter(1, (target % 255).unsqueeze(1), 8.0)
+    if channels == 1:
+        right = right[:, 1:] - right[:, :1]
+    right[..., 1, 0] = -100.0  # a wildly wrong logit on the ignored pixel
+    loss = build_loss(name)
+    assert loss(right, target).item() < 0.05
+    assert loss(-right, target).item() > 0.3
+
+
+def test_class_weights_scale_the_pixel_term():
+    target = torch.tensor([[[0, 1]]])
+    logits = torch.zeros(1, 2, 1, 2)
+    plain = build_loss("ce")(logits, target)
+    weighted = build_loss("ce", torch.tensor([1.0, 3.0]))(logits, target)
+    assert torch.isclose(plain, weighted)  # weighted mean of equal per-pixel losses is unchanged
+    logits[0, 1, 0, 1] = 2.0  # now class 1's pixel is easier: its weight lowers the mean
+    assert build_loss("ce", torch.tensor([1.0, 3.0]))(logits, target) < build_loss("ce")(logits, target)

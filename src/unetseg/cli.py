@@ -50,6 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (default data: the bundled nuclei sample)")
     add_options(train, TrainConfig)
     train.add_argument("--resume", default=argparse.SUPPRESS, help="continue a run: its directory or a checkpoint")
+    plan = sub.add_parser("plan", help="show the settings --plan would choose for a dataset on this device")
+    add_options(plan, TrainConfig)
     evaluate = sub.add_parser("evaluate", help="per-class and per-image scores of a checkpoint on a dataset")
     add_options(evaluate, EvaluateConfig)
     predict = sub.add_parser("predict", help="masks for image files, folders or globs")
@@ -84,7 +86,71 @@ def train_command(values: dict) -> int:
     cfg = build(TrainConfig, values)
     if cfg.nproc and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(cfg.nproc, argv_without_nproc())
+    if cfg.plan:
+        cfg = apply_plan(cfg, values)
+    if cfg.folds:
+        from unetseg.folds import cross_validate
+
+        return cross_validate(cfg)
     return fit(cfg, resume)["exit_code"]
+
+
+def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
+    """The plan for ``cfg``'s data on ``cfg``'s device."""
+    from unetseg.config import parse_duration
+    from unetseg.data.prepare import data_options, prepare
+    from unetseg.engine.precision import resolve_device
+    from unetseg.plan import make_plan
+
+    data = prepare(
+        cfg.data,
+        cfg.images,
+        cfg.masks,
+        cfg.val_data,
+        cfg.classes,
+        cfg.channels,
+        cfg.scale,
+        cfg.validation,
+        cfg.seed,
+        cfg.workers,
+        **data_options(cfg),
+    )
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
+    return make_plan(data, resolve_device(cfg.device), budget)
+
+
+def show_plan(plan: list[tuple[str, object, str]], explicit: dict) -> None:
+    for name, value, reason in plan:
+        given = f"  (you gave {explicit[name]})" if name in explicit else ""
+        print(f"  {name:<14} {str(value):<22} {reason}{given}")
+
+
+def apply_plan(cfg: TrainConfig, explicit: dict) -> TrainConfig:
+    """The plan's choices for every option the user did not give."""
+    plan = planned(cfg)
+    print("plan (from the data and the device):")
+    show_plan(plan, explicit)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    chosen = {n: v for n, v, _ in plan if n in fields and n not in explicit}
+    return dataclasses.replace(cfg, **chosen)
+
+
+def plan_command(values: dict) -> int:
+    from unetseg.data.prepare import sample_dataset_dir
+
+    if not any(values.get(k) for k in ("data", "images", "masks")):
+        values = values | {"data": str(sample_dataset_dir())}
+    cfg = build(TrainConfig, values)
+    plan = planned(cfg)
+    print(f"plan for {cfg.data or cfg.images} (from the data and the device):")
+    show_plan(plan, values)
+    options = " ".join(
+        f"--{n.replace('_', '-')} {v}"
+        for n, v, _ in plan
+        if n in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None
+    )
+    print(f"train with: unetseg train --data {cfg.data} {options}")
+    return 0
 
 
 def argv_without_nproc() -> list[str]:
@@ -138,7 +204,13 @@ def doctor_command(values: dict) -> int:
     return run_doctor(build(DoctorConfig, values))
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command, "doctor": doctor_command}
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "predict": predict_command,
+    "plan": plan_command,
+    "doctor": doctor_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,12 @@ class TrainConfig(DataConfig):
         choices=("cosine", "poly", "plateau", "constant"),
     )
     warmup_steps: int = option(20, "linear warm-up steps; avoids the early blow-ups of a cold Adam")
-    loss: str = option("ce+dice", "loss: ce+dice (CE/BCE plus soft Dice per class) or ce")
+    loss: str = option(
+        "ce+dice",
+        "loss: ce+dice (CE/BCE plus soft Dice per class), ce, focal, focal+dice, tversky, ce+tversky",
+        choices=("ce+dice", "ce", "focal", "focal+dice", "tversky", "ce+tversky"),
+    )
+    class_weights: str = option("none", "per-class loss weights: none, auto (1/sqrt of pixel share), or e.g. 1,5")
     grad_clip: float = option(1.0, "clip the gradient norm (after unscaling) at this value; 0 turns it off")
     amp: bool = option(False, "mixed precision: bf16 where supported, else fp16 with a grad scaler")
     precision: str = option(
@@ -95,7 +100,13 @@ class TrainConfig(DataConfig):
         None, "train on random crops of this size; default: whole images when all have one size, else 256"
     )
     augment: str = option(
-        "flips", "augmentation: flips (random flips and 90-degree turns) or none", choices=("flips", "none")
+        "default",
+        "augmentation preset: none, flips (flips and 90-degree turns), light (+ mild intensity), default (+ random "
+        "scale/rotation/shift, brightness, contrast, gamma, noise, blur), heavy (+ elastic, stronger)",
+        choices=("none", "flips", "light", "default", "heavy"),
+    )
+    foreground_crops: float = option(
+        0.33, "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen"
     )
     accumulate: int = option(1, "accumulate gradients over this many batches per optimizer step")
     ema: float | None = option(
@@ -111,6 +122,9 @@ class TrainConfig(DataConfig):
     save_epochs: bool = option(True, "keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt)")
     time_budget: str | None = option(None, "stop cleanly after this long, e.g. 30m, 2h, 90s")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
+    compile: bool | None = option(
+        None, "torch.compile the training step; default: on for CUDA (faster steps after a one-off compile), off on CPU"
+    )
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
     logger: str = option("csv", "loggers, comma-separated (csv is always on)")
@@ -119,6 +133,17 @@ class TrainConfig(DataConfig):
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")
     nproc: int | None = option(None, "start this many training processes with torchrun (one per GPU)")
     log_every: int = option(10, "read the loss and update progress every N steps (reading forces a device sync)")
+    folds: int | None = option(
+        None,
+        "cross-validation: train this many models on deterministic folds, then "
+        "report out-of-fold scores and write ensemble.pt",
+    )
+    fold: int | None = option(None, "with --folds: train only this fold (0-based), e.g. one per machine")
+    plan: bool = option(
+        False,
+        "choose patch size, batch, width, class weights (and epochs for --time-budget) from "
+        "the data and the device; options you give still win",
+    )
     quiet: bool = option(False, "print nothing but errors")
 
     def __post_init__(self) -> None:
@@ -135,10 +160,13 @@ class TrainConfig(DataConfig):
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.accumulate >= 1, "--accumulate must be at least 1"),
+            (0 <= self.foreground_crops <= 1, "--foreground-crops is a share in [0, 1]"),
             (self.ema is None or 0 < self.ema < 1, "--ema is a decay in (0, 1), e.g. 0.999"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.folds is None or self.folds >= 2, "--folds must be at least 2"),
+            (self.fold is None or self.folds is not None, "--fold needs --folds K"),
         ]
         for ok, message in checks:
             if not ok:

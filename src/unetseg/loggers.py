@@ -69,6 +69,19 @@ class RunLog:
         with open(self.csv_path, "a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(c, "")) for c in self.columns])
 
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics.csv rows logged after ``step``: a resumed run redoes them."""
+        if not (self.csv_path and self.csv_path.exists()):
+            return
+        with open(self.csv_path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows:
+            return
+        column = rows[0].index("step") if "step" in rows[0] else 0
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[column])) <= step]
+        with open(self.csv_path, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+
     def close(self) -> None:
         if self.log_file:
             self.log_file.close()

@@ -146,6 +146,13 @@ def compute_norm(samples: list[Sample]) -> dict:
     return {"scale": top, "mean": mean.round(6).tolist(), "std": np.maximum(std, 1e-3).round(6).tolist()}
 
 
+def fold_indices(count: int, folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic k-fold split: fold ``fold`` of ``folds`` validates, the rest trains; every image once."""
+    order = np.random.default_rng(seed).permutation(count)
+    val = sorted(order[fold::folds].tolist())
+    return sorted(set(range(count)) - set(val)), val
+
+
 def split_indices(count: int, val_percent: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/validation split: ``round(count * val_percent / 100)`` images, at least one."""
     if val_percent <= 0 or count < 2:

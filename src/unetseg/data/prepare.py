@@ -10,12 +10,10 @@ import numpy as np
 from unetseg.data.cache import decoded_samples
 from unetseg.data.checks import channel_notes, check_folder, default_channels, inspect_dataset, unknown_values
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import Sample, compute_norm, split_indices
+from unetseg.data.dataset import Sample, compute_norm, fold_indices, split_indices
 from unetseg.data.folder import Pair
 from unetseg.data.index import ScanResult
 from unetseg.errors import DataError, UserError
-
-__all__ = ["Dataset", "class_frequencies", "collect", "default_channels", "prepare", "sample_dataset_dir"]
 
 
 def sample_dataset_dir() -> Path:
@@ -34,6 +32,12 @@ class Dataset:
     channels: int
     root: str
     notes: list[str] = field(default_factory=list)
+
+
+def data_options(cfg: object) -> dict:
+    """``prepare``'s keyword options for reading the data, from a config holding the ``DataConfig`` fields."""
+    names = ("classes_file", "resize_to_mask", "cache", "cache_dir")
+    return {name: getattr(cfg, name) for name in names}
 
 
 def doctor_hint(data: str | None) -> str:
@@ -66,13 +70,17 @@ def prepare(
     validation: float,
     seed: int,
     workers: int = 4,
+    fold: tuple[int, int] | None = None,
     classes_file: str | None = None,
     resize_to_mask: bool = False,
     cache: bool = True,
     cache_dir: str | None = None,
 ) -> Dataset:
     """Check the data (all problems at once, as ``unetseg doctor``), build the class map, decode at training
-    resolution through the decoded cache, split, and compute normalisation."""
+    resolution through the decoded cache, split, and compute normalisation.
+
+    ``fold`` = (i, k) validates on fold i of a deterministic k-fold split instead of a random percentage.
+    """
     report = inspect_dataset(
         data, images, masks, val_data, classes, classes_file, resize_to_mask, cache, cache_dir, workers
     )
@@ -86,7 +94,11 @@ def prepare(
         train = samples
         val = decoded_samples(report.folders[1], class_map, channels, scale, resize_to_mask, workers)
     else:
-        train_idx, val_idx = split_indices(len(samples), validation, seed)
+        train_idx, val_idx = (
+            fold_indices(len(samples), fold[1], fold[0], seed)
+            if fold
+            else split_indices(len(samples), validation, seed)
+        )
         train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     if not train:
         raise UserError("no training images left after the validation split; lower -v/--validation")

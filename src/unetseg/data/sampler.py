@@ -6,6 +6,8 @@ batch b see exactly the samples that one process with batch N x b sees.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,15 +20,25 @@ from unetseg.data.dataset import Sample
 class TrainBatches:
     """Fixed-size patches in random order; the last partial global batch is dropped.
 
-    Images larger than the patch are cropped at a random place; smaller ones are padded (image 0, mask ignore).
+    Images larger than the patch are cropped at a random place (a ``foreground_share`` of crops is centred on a
+    random foreground pixel, so rare classes are seen); smaller ones are padded (image 0, mask ignore).
     ``batch_size`` is per process; a dataset smaller than one batch gives one smaller batch.
     """
 
     def __init__(
-        self, samples: list[Sample], batch_size: int, patch: tuple[int, int], seed: int, rank: int = 0, world: int = 1
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        patch: tuple[int, int],
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        foreground_share: float = 0.0,
     ) -> None:
         self.samples, self.patch, self.seed, self.rank, self.world = samples, patch, seed, rank, world
         self.batch_size = max(1, min(batch_size, len(samples) // world))
+        self.foreground_share = foreground_share
+        self._foreground: dict[int, np.ndarray] = {}  # subsampled foreground pixel positions per sample
 
     @property
     def global_batch(self) -> int:
@@ -40,15 +52,36 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.samples))
         corners = rng.random((len(order), 2))
+        centred = rng.random(len(order)) < self.foreground_share
+        picks = rng.random(len(order))
         for b in range(start, len(self)):
             first = b * self.global_batch + self.rank * self.batch_size
-            crops = [self._crop(self.samples[order[i]], corners[i]) for i in range(first, first + self.batch_size)]
+            crops = []
+            for i in range(first, first + self.batch_size):
+                corner = self._foreground_corner(order[i], picks[i]) if centred[i] else None
+                crops.append(self._crop(self.samples[order[i]], corners[i] if corner is None else corner))
             yield torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
+
+    def _foreground_corner(self, index: int, pick: float) -> np.ndarray | None:
+        """Corner (as shares of the free range) of a crop centred on a random foreground pixel, if any."""
+        sample = self.samples[index]
+        if index not in self._foreground:
+            mask = np.asarray(sample.mask)
+            points = np.argwhere((mask > 0) & (mask != IGNORE_INDEX))
+            step = max(1, len(points) // 2048)  # a subsample is enough to centre crops on objects
+            self._foreground[index] = points[::step]
+        points = self._foreground[index]
+        if not len(points):
+            return None
+        y, x = points[int(pick * len(points))]
+        (h, w), (ph, pw) = sample.image.shape[:2], self.patch
+        return np.array([(y - ph // 2) / max(h - ph, 1), (x - pw // 2) / max(w - pw, 1)]).clip(0, 1)
 
     def _crop(self, sample: Sample, corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ph, pw = self.patch
         h, w = sample.image.shape[:2]
-        top, left = int(corner[0] * max(h - ph + 1, 1)), int(corner[1] * max(w - pw + 1, 1))
+        top = min(int(corner[0] * max(h - ph + 1, 1)), max(h - ph, 0))
+        left = min(int(corner[1] * max(w - pw + 1, 1)), max(w - pw, 0))
         image = sample.image[top : top + ph, left : left + pw]
         mask = sample.mask[top : top + ph, left : left + pw]
         if image.shape[:2] != (ph, pw):
@@ -58,3 +91,39 @@ class TrainBatches:
             pad_mask[: mask.shape[0], : mask.shape[1]] = mask
             image, mask = pad_image, pad_mask
         return image, mask
+
+
+def prefetch(batches: Iterator[tuple[torch.Tensor, ...]], pin: bool, depth: int = 3) -> Iterator[tuple]:
+    """Make batches in a background thread, pinned for non-blocking copies, so the device never waits for them.
+
+    Cropping and stacking happen in NumPy/torch calls that release the GIL, so the thread overlaps the step.
+    """
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                batch = tuple(t.pin_memory() for t in batch) if pin else batch
+                while not stop.is_set():
+                    try:
+                        items.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            items.put(err)
+
+    thread = threading.Thread(target=work, name="unetseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

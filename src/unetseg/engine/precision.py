@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -60,12 +61,27 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
+def to_unit(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
+    """uint8/uint16 ``(B, H, W, C)`` on the host -> float ``(B, C, H, W)`` in [0, 1] on ``device``."""
     if images.dtype == torch.uint16:
         images = images.to(torch.int32)  # few ops accept uint16
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
-    x = (x / float(norm["scale"]) - mean) / std
+    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / float(norm["scale"])
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple:
+    # Made once per device: building them every step would copy from pageable memory, a host sync on GPUs.
+    shape = (1, -1, 1, 1)
+    return torch.tensor(mean, device=device).view(shape), torch.tensor(std, device=device).view(shape)
+
+
+def standardize(x: torch.Tensor, norm: dict, channels_last: bool = True) -> torch.Tensor:
+    """Subtract the training set's per-channel mean and divide by its standard deviation."""
+    mean, std = _constants(tuple(norm["mean"]), tuple(norm["std"]), x.device)
+    x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
+    return standardize(to_unit(images, norm, device), norm, channels_last)

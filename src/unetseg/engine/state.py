@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from unetseg.engine.optim import Schedule
 from unetseg.errors import UserError
 from unetseg.loggers import RunLog
 from unetseg.models import model_spec
+from unetseg.transforms import AugmentSpec
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Run:
     started: float = field(default_factory=time.monotonic)  # when this process began training
     val_cost: float = 0.0  # seconds the last validation round took (reserved inside a time budget)
     last_val_step: int = -1  # step of the last validation round
+    augment: AugmentSpec | None = None  # the --augment preset
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
 
     def elapsed(self) -> float:
         """Training seconds across resumes."""

@@ -21,22 +21,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.prepare import Dataset, prepare
-from unetseg.data.sampler import TrainBatches
+from unetseg.data.prepare import Dataset, class_frequencies, data_options, prepare
+from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
 from unetseg.engine.ema import EMA
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
-from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
+from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.engine.report import gallery, report_round, summary
 from unetseg.engine.signals import StopSignal
 from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
 from unetseg.loggers import RunLog
-from unetseg.losses import get_loss
+from unetseg.losses import build_loss
 from unetseg.models import create_model
-from unetseg.transforms import augment_batch
+from unetseg.transforms import augment_batch, get_spec
 
 
 class StopTraining(Exception):
@@ -94,6 +94,8 @@ def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: dis
     if cfg.load:
         load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
     if cfg.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
@@ -120,10 +122,8 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.validation,
         cfg.seed,
         cfg.workers,
-        classes_file=cfg.classes_file,
-        resize_to_mask=cfg.resize_to_mask,
-        cache=cfg.cache,
-        cache_dir=cfg.cache_dir,
+        fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
+        **data_options(cfg),
     )
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
@@ -133,8 +133,13 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         if info.enabled
         else model
     )
+    compiled = bool(cfg.compile or (cfg.compile is None and device.type == "cuda"))
+    if compiled:
+        net = torch.compile(net)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device)
-    batches = TrainBatches(data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world)
+    batches = TrainBatches(
+        data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
+    )
     steps_per_epoch = math.ceil(len(batches) / cfg.accumulate)
     schedule = Schedule(
         optimizer, cfg.scheduler, cfg.learning_rate, cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.warmup_steps
@@ -144,9 +149,31 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 or device.type == "cuda")
     ema = EMA(model, cfg.ema) if cfg.ema else None
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
+    run.compile_pending = compiled
+    run.augment = get_spec(cfg.augment)
+    run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
     if resume is not None:
         restore(run, resume)
+        log.truncate_after(run.state.step)
     return run
+
+
+def class_weights(option: str, data: Dataset) -> torch.Tensor | None:
+    """Per-class loss weights: none, auto (1 / sqrt(pixel share), mean 1), or a comma-separated list."""
+    k = data.class_map.num_classes
+    if option == "none":
+        return None
+    if option == "auto":
+        freq = torch.tensor(class_frequencies(data.train, k), dtype=torch.float32).clamp_min(1e-4)
+        weights = freq.rsqrt()
+        return weights / weights.mean()
+    try:
+        weights = torch.tensor([float(v) for v in option.split(",")])
+    except ValueError:
+        raise UserError(f"--class-weights {option}: write none, auto, or {k} numbers such as 1,3") from None
+    if len(weights) != k or (weights < 0).any():
+        raise UserError(f"--class-weights {option}: give {k} non-negative weights, one per class")
+    return weights
 
 
 def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
@@ -155,21 +182,23 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
     """
     cfg, state = run.cfg, run.state
-    x = normalize(images, run.data.norm, run.device, cfg.channels_last)
+    x = to_unit(images, run.data.norm, run.device)
     y = masks.to(run.device, non_blocking=True).long()
-    if cfg.augment != "none":
+    if run.augment is not None:
+        seed = cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch
         offset = run.dist.rank * run.batches.batch_size
-        x, y = augment_batch(
-            x, y, cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch, offset, run.batches.global_batch
-        )
-    sync = last or not isinstance(run.net, DistributedDataParallel)
-    with run.net.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
+        x, y = augment_batch(x, y, seed, offset, run.batches.global_batch, run.augment)
+    x = standardize(x, run.data.norm, cfg.channels_last)
+    ddp = getattr(run.net, "_orig_mod", run.net)  # torch.compile wraps the DDP module
+    sync = last or not isinstance(ddp, DistributedDataParallel)
+    with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
         logits = run.net(x)
-        loss = get_loss(cfg.loss)(logits, y)
+        loss = run.loss_fn(logits, y)
     run.scaler.scale(loss / group).backward()
     if not last:
         return loss.detach(), None
-    run.schedule.set_step(state.step)
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget else math.inf
+    run.schedule.set_step(state.step, run.elapsed() / budget)
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     bad = ~torch.isfinite(norm)
@@ -183,6 +212,23 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         run.ema.update(run.model)
     state.step += 1
     return loss.detach(), bad
+
+
+def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
+    """The first compiled step compiles: time it, and fall back to eager mode if compilation fails."""
+    started = time.monotonic()
+    try:
+        result = train_step(run, images, masks, group, last)
+    except Exception as err:  # inductor/dynamo failures come in many types
+        run.log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
+        run.net, run.compile_pending = run.net._orig_mod, False
+        run.optimizer.zero_grad(set_to_none=True)
+        return train_step(run, images, masks, group, last)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    run.log.info(f"  compile     first step with torch.compile took {time.monotonic() - started:.1f} s")
+    run.compile_pending = False
+    return result
 
 
 class Progress:
@@ -255,6 +301,7 @@ def validate(run: Run) -> dict:
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
     run.val_cost = time.monotonic() - started
+    row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
     return row | {"best": state.best, "improved": improved, "panels": panels}
 
 
@@ -294,12 +341,19 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
         disable=run.log.quiet,
         leave=False,
     )
-    for images, masks in batches.epoch(state.epoch, state.batch):
+    source = batches.epoch(state.epoch, state.batch)
+    if run.device.type == "cuda":
+        source = prefetch(source, pin=True)
+    for images, masks in source:
         index = state.batch
         group_start = index - index % cfg.accumulate
         group = min(cfg.accumulate, len(batches) - group_start)
         last = index + 1 == group_start + group
-        loss, bad = train_step(run, images, masks, group, last)
+        loss, bad = (
+            compiled_step(run, images, masks, group, last)
+            if run.compile_pending
+            else train_step(run, images, masks, group, last)
+        )
         state.batch += 1
         progress.add(loss, bad, len(images) * run.dist.world)
         bar.update(len(images) * run.dist.world)
@@ -336,12 +390,13 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
 
 def fit(cfg: TrainConfig, resume: dict | None = None) -> dict:
     """Train a model; returns the best score, the run directory and the exit status."""
+    started = time.monotonic()  # a time budget covers set-up (data decoding, model build) too
     run = build_run(cfg, resume)
     summary(run)
     stop, progress = StopSignal(), Progress(run.device)
     progress.bad_total.fill_(run.state.skipped_steps)
     progress.bad_streak.fill_(run.state.bad_streak)
-    run.started, run.last_val_step = time.monotonic(), run.state.step
+    run.started, run.last_val_step = started, run.state.step
     reason, code = "finished all epochs", 0
     with stop.installed():
         try:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from torch import nn
 
 from unetseg.errors import UserError
+from unetseg.models.ensemble import Ensemble
 from unetseg.models.unet import UNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet}
+MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "ensemble": Ensemble}
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
@@ -23,6 +24,8 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
 
 def model_spec(model: nn.Module) -> dict:
     """What it takes to rebuild ``model`` with :func:`create_model` (stored in checkpoints)."""
+    if isinstance(model, Ensemble):
+        return {"name": "ensemble", "members": model.specs, "norms": model.norms, "norm": model.norm}
     if isinstance(model, UNet):
         return {
             "name": "unet",
@@ -34,4 +37,4 @@ def model_spec(model: nn.Module) -> dict:
     raise TypeError(f"no spec for {type(model).__name__}")
 
 
-__all__ = ["MODELS", "UNet", "create_model", "model_spec"]
+__all__ = ["MODELS", "Ensemble", "UNet", "create_model", "model_spec"]

@@ -1,0 +1,369 @@
+"""Training speed: loader, step (fp32 / bf16 / bf16 + compile), inference, and end-to-end `unetseg train`.
+
+Carvana-shaped synthetic data (1918x1280 RGB JPEG images, GIF masks, --scale 0.5 -> 959x640), classic U-Net
+(width 64, transposed-conv up-sampling, 2 classes). Prints one Markdown table.
+
+    python benchmarks/bench_train.py --device cuda --count 400   # full size, on a GPU
+    python benchmarks/bench_train.py --smoke            # tiny sizes on the CPU (the test suite runs it)
+    python benchmarks/bench_train.py --cpu-table        # CPU img/s at 256x256, widths 16/32/64, fp32 vs bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from unetseg.config import TrainConfig
+from unetseg.data.prepare import prepare
+from unetseg.data.sampler import TrainBatches
+from unetseg.engine.precision import autocast, normalize
+from unetseg.engine.trainer import fit
+from unetseg.losses import ce_dice_loss
+from unetseg.models.unet import UNet
+
+TFLOP_PER_IMAGE = 2.69  # forward + backward of the width-64 U-Net on 959x640 (issue's measurement)
+BOUND_IMG_S = 296  # 798 TFLOP/s bf16 matmul on the H100 / 2.69 TFLOP
+
+
+def _draw(args: tuple[Path, int, tuple[int, int]]) -> None:
+    root, i, size = args
+    rng = np.random.default_rng(i)
+    w, h = size
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.4, 0.6) * h
+    rx, ry = rng.uniform(0.2, 0.35) * w, rng.uniform(0.15, 0.3) * h
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    draw.rectangle([cx - rx * 0.6, cy - ry * 1.4, cx + rx * 0.5, cy], fill=255)
+    noise = (rng.random((h // 16, w // 16, 3)) * 255).astype(np.uint8)
+    background = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+    car = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+    Image.composite(car, background, mask).save(root / "imgs" / f"car{i:05d}.jpg", quality=90)
+    mask.convert("P").save(root / "masks" / f"car{i:05d}_mask.gif")
+
+
+def make_carvana(root: Path, count: int, size: tuple[int, int] = (1918, 1280)) -> Path:
+    """Carvana-shaped pairs (JPEG image, GIF mask named <id>_mask.gif), made once."""
+    if (root / "imgs").is_dir() and len(list((root / "imgs").iterdir())) >= count:
+        return root
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_draw, [(root, i, size) for i in range(count)], chunksize=8))
+    return root
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_loader(data, device: torch.device, batch: int, seconds: float) -> float:
+    """img/s of batches leaving the loader and arriving normalised on the device."""
+    batches = TrainBatches(data.train, batch, data.train[0].image.shape[:2], seed=0)
+    images, started, epoch = 0, time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        for x, _ in batches.epoch(epoch):
+            normalize(x.pin_memory() if device.type == "cuda" else x, data.norm, device)
+            images += len(x)
+            if time.monotonic() - started > seconds:
+                break
+        epoch += 1
+    sync(device)
+    return images / (time.monotonic() - started)
+
+
+def bench_step(shape, device, dtype, compiled: bool, width: int, batch: int, steps: int, checkpointing=False) -> dict:
+    """img/s and peak memory of the training step alone on one resident batch."""
+    torch.manual_seed(0)
+    model = UNet(3, 2, width=width, checkpointing=checkpointing).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    net = torch.compile(model) if compiled else model
+    x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch, *shape), device=device)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = ce_dice_loss(net(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    started = time.monotonic()
+    step()
+    sync(device)
+    first = time.monotonic() - started
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    started = time.monotonic()
+    for _ in range(steps):
+        step()
+    sync(device)
+    took = time.monotonic() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
+    return {"img_s": batch * steps / took, "peak_gib": peak, "first_step_s": first}
+
+
+@torch.inference_mode()
+def bench_inference(shape, device, dtype, width: int, batch: int, steps: int) -> float:
+    model = UNet(3, 2, width=width).to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        with autocast(device, dtype):
+            model(x)
+    sync(device)
+    started = time.monotonic()
+    for _ in range(steps):
+        with autocast(device, dtype):
+            model(x).argmax(1)
+    sync(device)
+    return batch * steps / (time.monotonic() - started)
+
+
+class GpuSampler:
+    """Samples GPU utilisation with nvidia-smi every 100 ms (idle fraction = 1 - mean utilisation)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.process = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                self.values.append(float(line.split(",")[0]))
+
+    def mark(self) -> int:
+        return len(self.values)
+
+    def idle_since(self, mark: int) -> float:
+        window = self.values[mark:]
+        return 1 - sum(window) / len(window) / 100 if window else math.nan
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.terminate()
+
+
+def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampler) -> dict:
+    """`unetseg train` with default settings; steady state = after the first epoch (compile, cache, warm-up)."""
+    cfg = TrainConfig(
+        data=str(root),
+        out=str(out),
+        overwrite=True,
+        scale=args.scale,
+        epochs=epochs,
+        batch_size=args.batch,
+        width=args.width,
+        device=args.device,
+        quiet=True,
+        save_epochs=False,
+        workers=os.cpu_count() or 4,
+        patch_size=args.patch,
+    )
+    started = time.monotonic()
+    mark = {"value": None}
+    original = TrainBatches.epoch
+
+    def marked(self, epoch, start=0):
+        if epoch == 1 and mark["value"] is None:
+            mark["value"] = sampler.mark()
+        return original(self, epoch, start)
+
+    TrainBatches.epoch = marked
+    try:
+        result = fit(cfg)
+    finally:
+        TrainBatches.epoch = original
+    total = time.monotonic() - started
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    per_epoch = {}
+    for row in rows:
+        per_epoch[int(row["epoch"])] = row
+    first, last = float(per_epoch[1]["elapsed_s"]), float(rows[-1]["elapsed_s"])
+    steps_after = result["steps"] - int(per_epoch[1]["step"])
+    images_after = steps_after * args.batch
+    return {
+        "e2e_img_s": images_after / max(last - first, 1e-9),
+        "first_epoch_s": first,
+        "total_s": total,
+        "val_round_s": float(np.mean([float(r["val_s"]) for r in rows])),
+        "rounds": len(rows),
+        "idle": sampler.idle_since(mark["value"]) if mark["value"] is not None else math.nan,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else math.nan,
+        "dice": result["best_dice_fg"],
+    }
+
+
+def profile_step(shape, device, width: int, batch: int, path: Path) -> None:
+    """Top kernels of one bf16 step, written to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = UNet(3, 2, width=width).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=device.type == "cuda")
+    x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch, *shape), device=device)
+    for _ in range(3):
+        with autocast(device, torch.bfloat16):
+            ce_dice_loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with autocast(device, torch.bfloat16):
+            ce_dice_loss(model(x), y).backward()
+        optimizer.step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
+
+
+def cpu_table(batch: int = 8, steps: int = 3) -> list[tuple]:
+    """CPU training img/s at 256x256, widths 16/32/64, fp32 vs bf16 autocast (chooses the CPU default)."""
+    device = torch.device("cpu")
+    rows = []
+    for width in (16, 32, 64):
+        fp32 = bench_step((256, 256), device, torch.float32, False, width, batch, steps)["img_s"]
+        bf16 = bench_step((256, 256), device, torch.bfloat16, False, width, batch, steps)["img_s"]
+        rows.append((width, fp32, bf16, bf16 / fp32))
+    return rows
+
+
+def mfu(img_s: float, full_size: bool) -> str:
+    """Share of the bound (bf16 matmul peak / FLOP per image); only meaningful for the full-size setup."""
+    return f", MFU {img_s / BOUND_IMG_S:.0%}" if full_size else ""
+
+
+def run_sections(args, table: list[tuple[str, str]]) -> None:
+    device = torch.device(args.device)
+    full = args.width == 64 and tuple(args.size) == (1918, 1280) and args.scale == 0.5
+    root = make_carvana(Path(args.data), args.count, args.size)
+    shape = (int(args.size[1] * args.scale), int(args.size[0] * args.scale))
+    add = table.append
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    add(
+        (
+            "data",
+            f"{args.count} pairs {args.size[0]}x{args.size[1]} JPEG/GIF, scale {args.scale} -> "
+            f"{shape[1]}x{shape[0]}"
+            f", width {args.width}, batch {args.batch}, {card}"
+            f", torch {torch.__version__}",
+        )
+    )
+    started = time.monotonic()
+    data = prepare(str(root), None, None, None, None, None, args.scale, 10, 0, os.cpu_count() or 4)
+    add(("scan + decode + resize (once)", f"{time.monotonic() - started:.1f} s"))
+    add(("loader alone", f"{bench_loader(data, device, args.batch, args.seconds):.1f} img/s"))
+    for label, dtype, compiled in (
+        ("fp32", torch.float32, False),
+        ("bf16", torch.bfloat16, False),
+        ("bf16 + compile", torch.bfloat16, True),
+    ):
+        if compiled and not args.compile_step:
+            continue
+        r = bench_step(shape, device, dtype, compiled, args.width, args.batch, args.steps)
+        add(
+            (
+                f"step alone, {label}",
+                f"{r['img_s']:.1f} img/s, peak {r['peak_gib']:.2f} GiB, "
+                f"first step {r['first_step_s']:.1f} s{mfu(r['img_s'], full)}",
+            )
+        )
+    r = bench_step(shape, device, torch.bfloat16, False, args.width, args.batch, args.steps, checkpointing=True)
+    add(("step alone, bf16 + --checkpointing", f"{r['img_s']:.1f} img/s, peak {r['peak_gib']:.2f} GiB"))
+    add(
+        (
+            "inference alone, fp32 / bf16",
+            f"{bench_inference(shape, device, torch.float32, args.width, args.batch, args.steps):.1f}"
+            f" / {bench_inference(shape, device, torch.bfloat16, args.width, args.batch, args.steps):.1f} img/s",
+        )
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sampler = GpuSampler()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            e = bench_end_to_end(root, Path(tmp) / "run", args.epochs, args, sampler)
+    finally:
+        sampler.stop()
+    add(
+        (
+            "end to end `unetseg train` (defaults), steady state",
+            f"{e['e2e_img_s']:.1f} img/s{mfu(e['e2e_img_s'], full)}",
+        )
+    )
+    add(("  first epoch (compile, warm-up) / whole run", f"{e['first_epoch_s']:.1f} s / {e['total_s']:.1f} s"))
+    add(("  validation round", f"{e['val_round_s']:.2f} s each, {e['rounds']} rounds"))
+    add(("  GPU idle fraction (steady state)", f"{e['idle']:.1%}"))
+    add(("  peak GPU memory", f"{e['peak_gib']:.2f} GiB"))
+    if args.profile:
+        profile_step(shape, device, args.width, args.batch, Path(args.profile))
+        add(("profile of one bf16 step", args.profile))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "unetseg-carvana"))
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--size", type=int, nargs=2, default=(1918, 1280), metavar=("W", "H"))
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per step benchmark")
+    parser.add_argument("--seconds", type=float, default=10, help="loader benchmark duration")
+    parser.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (the first is excluded)")
+    parser.add_argument("--no-compile-step", dest="compile_step", action="store_false")
+    parser.add_argument("--profile", default=None, help="write a kernel profile of one step to this file")
+    parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (for the test suite)")
+    parser.add_argument("--cpu-table", action="store_true", help="CPU fp32 vs bf16 img/s at 256x256")
+    args = parser.parse_args()
+    if args.cpu_table:
+        print("| width | fp32 img/s | bf16 img/s | bf16 / fp32 |\n|---|---|---|---|")
+        for width, fp32, bf16, ratio in cpu_table():
+            print(f"| {width} | {fp32:.2f} | {bf16:.2f} | {ratio:.2f}x |")
+        return 0
+    if args.smoke:
+        args.device, args.count, args.size, args.width, args.batch = "cpu", 6, (96, 64), 4, 2
+        args.steps, args.seconds, args.epochs, args.compile_step = 2, 0.5, 2, False
+    table: list[tuple[str, str]] = []
+    try:
+        run_sections(args, table)
+    finally:
+        text = "| measurement | result |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in table)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Cross-validation: k models on deterministic folds, out-of-fold scores, and an ensemble checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from unetseg.config import TrainConfig
+from unetseg.data.prepare import data_options, prepare
+from unetseg.engine.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
+from unetseg.engine.evaluation import evaluate
+from unetseg.engine.precision import choose_dtype, resolve_device
+from unetseg.engine.trainer import fit
+from unetseg.errors import UserError
+from unetseg.metrics import class_scores, foreground_mean
+
+
+def fold_dir(root: Path, fold: int) -> Path:
+    return root / f"fold_{fold}"
+
+
+def out_of_fold(cfg: TrainConfig, root: Path, fold: int) -> dict:
+    """Confusion matrix of fold ``fold``'s best model on the images it never trained on."""
+    data = prepare(
+        cfg.data,
+        cfg.images,
+        cfg.masks,
+        None,
+        cfg.classes,
+        cfg.channels,
+        cfg.scale,
+        0,
+        cfg.seed,
+        cfg.workers,
+        fold=(fold, cfg.folds),
+        **data_options(cfg),
+    )
+    ckpt = load_checkpoint(fold_dir(root, fold) / "checkpoints" / "best.pt")
+    device = resolve_device(cfg.device)
+    model = build_model(ckpt).to(device)
+    result = evaluate(
+        model,
+        data.val,
+        ckpt["norm"],
+        data.class_map.num_classes,
+        device,
+        choose_dtype(cfg.precision, cfg.amp, device),
+        cfg.val_batch_size,
+    )
+    return {"fold": fold, "images": result["images"], "confusion": result["confusion"]}
+
+
+def write_ensemble(root: Path, folds: int) -> Path:
+    """One checkpoint holding every fold's best model; predict, evaluate and export take it like any other."""
+    members = [load_checkpoint(fold_dir(root, i) / "checkpoints" / "best.pt") for i in range(folds)]
+    first = members[0]
+    state = {f"members.{i}.{k}": v for i, m in enumerate(members) for k, v in m["state_dict"].items()}
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": "unetseg-ensemble",
+        "model": {
+            "name": "ensemble",
+            "members": [m["model"] for m in members],
+            "norms": [m["norm"] for m in members],
+            "norm": first["norm"],
+        },
+        "state_dict": state,
+        "channels": first["channels"],
+        "norm": first["norm"],
+        "class_map": first["class_map"],
+        "scale": first["scale"],
+        "config": first["config"],
+        "score": {"dice_fg": math.nan, "step": -1},
+    }
+    path = root / "ensemble.pt"
+    save_atomic(ckpt, path)
+    return path
+
+
+def summarise(root: Path, folds: int, names: list[str]) -> dict:
+    """Pooled out-of-fold scores over all folds, written to ``cv.json`` and printed."""
+    cms = [json.loads((fold_dir(root, i) / "oof.json").read_text())["confusion"] for i in range(folds)]
+    cm = torch.tensor(cms).sum(0)
+    scores = class_scores(cm)
+    per_fold = [foreground_mean(class_scores(torch.tensor(c))["dice"]) for c in cms]
+    report = {
+        "folds": folds,
+        "dice_fg": foreground_mean(scores["dice"]),
+        "dice_fg_per_fold": per_fold,
+        "classes": [{"name": n, "dice": d, "iou": i} for n, d, i in zip(names, scores["dice"], scores["iou"])],
+        "confusion": cm.tolist(),
+    }
+    (root / "cv.json").write_text(json.dumps(report, indent=2, default=lambda v: None))
+    print(f"cross-validation ({folds} folds, out-of-fold pixels pooled): foreground Dice {report['dice_fg']:.4f}")
+    for row in report["classes"]:
+        print(f"  {row['name']:<16} dice {row['dice']:.4f}  iou {row['iou']:.4f}")
+    print("  per fold: " + ", ".join(f"{d:.4f}" for d in per_fold))
+    return report
+
+
+def cross_validate(cfg: TrainConfig) -> int:
+    """``unetseg train --folds K [--fold i]``: train the folds, then score out of fold and write the ensemble."""
+    if cfg.val_data:
+        raise UserError("--folds and --val-data exclude each other: folds take their validation from --data")
+    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
+        raise UserError(f"--fold {cfg.fold}: folds are numbered 0 to {cfg.folds - 1}")
+    root = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    todo = [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
+    names = []
+    for fold in todo:
+        result = fit(replace(cfg, out=str(fold_dir(root, fold)), fold=fold))
+        if result["exit_code"]:
+            return result["exit_code"]
+        oof = out_of_fold(cfg, root, fold)
+        (fold_dir(root, fold) / "oof.json").write_text(json.dumps(oof))
+    done = [i for i in range(cfg.folds) if (fold_dir(root, i) / "oof.json").exists()]
+    if len(done) < cfg.folds:
+        print(f"folds {done} of {cfg.folds} are done in {root}; the ensemble is written when all are")
+        return 0
+    names = load_checkpoint(fold_dir(root, 0) / "checkpoints" / "best.pt")["class_map"]["names"]
+    summarise(root, cfg.folds, names)
+    print(f"ensemble of {cfg.folds} models: {write_ensemble(root, cfg.folds)}")
+    return 0

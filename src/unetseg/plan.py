@@ -1,0 +1,116 @@
+"""Dataset-driven configuration: from the data's fingerprint and the device, choose the training settings.
+
+Like nnU-Net's fingerprint -> plan, for 2-D: image sizes, channels, intensity range and class frequencies, plus the
+device's memory and speed, decide patch size, batch size, width, class weights and the number of epochs that fit a
+time budget. Every choice comes with its reason, and any option given on the command line wins over the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from unetseg.data.prepare import Dataset, class_frequencies
+from unetseg.engine.precision import autocast, choose_dtype
+from unetseg.losses import build_loss
+from unetseg.models.unet import UNet
+
+# Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
+# Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
+BYTES_PER_PIXEL_PER_WIDTH = 14.7 * 2**30 / (8 * 959 * 640 * 64)
+GPU_MEMORY_SHARE = 0.6  # leave room for the allocator, cuDNN workspaces and validation
+RARE_CLASS_SHARE = 0.05  # below this pixel share, weight the loss toward the class
+
+
+def _patch(data: Dataset, limit: int) -> tuple[int | None, str]:
+    sizes = np.array([s.image.shape[:2] for s in data.train])
+    if len({tuple(s) for s in sizes}) == 1 and sizes[0].max() <= limit:
+        return None, f"all images are {sizes[0][1]}x{sizes[0][0]}: train on whole images"
+    median = int(np.median(sizes.min(axis=1)))
+    patch = max(64, min(limit, median // 32 * 32 or 64))
+    return patch, f"median short side {median} px, capped at {limit} on this device: {patch}x{patch} crops"
+
+
+def _batch(device: torch.device, pixels: int, width: int) -> tuple[int, str]:
+    if device.type != "cuda":
+        return 8, "8 keeps BatchNorm statistics stable; larger batches only slow each step on a CPU"
+    free, _ = torch.cuda.mem_get_info(device)
+    per_image = pixels * width * BYTES_PER_PIXEL_PER_WIDTH
+    batch = int(max(2, min(32, GPU_MEMORY_SHARE * free // per_image)))
+    return batch, f"{free / 2**30:.0f} GiB free, about {per_image / 2**30:.2f} GiB per image: batch {batch}"
+
+
+def _measure_step(device: torch.device, channels: int, classes: int, width: int, batch: int, patch: tuple) -> float:
+    """Seconds per training step of the planned model (three timed steps after a warm-up)."""
+    model = UNet(channels, classes, width=width).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    dtype = choose_dtype("auto", False, device)
+    x = torch.randn(batch, channels, *patch, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, max(classes, 2), (batch, *patch), device=device)
+    loss_fn = build_loss("ce+dice")
+    times = []
+    for _ in range(4):
+        started = time.monotonic()
+        with autocast(device, dtype):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.monotonic() - started)
+    return float(np.median(times[1:]))
+
+
+def make_plan(data: Dataset, device: torch.device, time_budget_s: float | None = None) -> list[tuple[str, object, str]]:
+    """(option, value, reason) for each planned choice."""
+    gpu = device.type == "cuda"
+    plan: list[tuple[str, object, str]] = []
+    patch, why = _patch(data, 512 if gpu else 256)
+    plan.append(("patch_size", patch, why))
+    width = 64 if gpu else 32
+    plan.append(
+        (
+            "width",
+            width,
+            "64 (the classic U-Net) on a GPU; 32 on a CPU, where bf16 trains it about 4x "
+            "faster than width 64 (benchmarks/README.md)",
+        )
+    )
+    shape = (patch, patch) if patch else data.train[0].image.shape[:2]
+    batch, why = _batch(device, shape[0] * shape[1], width)
+    plan.append(("batch_size", batch, why))
+    freq = class_frequencies(data.train, data.class_map.num_classes)
+    rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
+    weights = "auto" if rare else "none"
+    plan.append(
+        (
+            "class_weights",
+            weights,
+            f"{', '.join(rare)} below {RARE_CLASS_SHARE:.0%} of pixels" if rare else "no class below 5% of pixels",
+        )
+    )
+    top = data.norm["scale"]
+    plan.append(
+        (
+            "normalisation",
+            "per-channel z-score",
+            f"values / {top:g} (the data's range), then mean {data.norm['mean']} and std {data.norm['std']}",
+        )
+    )
+    if time_budget_s:
+        step = _measure_step(device, data.channels, data.class_map.num_classes, width, batch, shape)
+        steps_per_epoch = max(1, len(data.train) // batch)
+        epochs = max(1, math.floor(0.9 * time_budget_s / step / steps_per_epoch))
+        plan.append(
+            (
+                "epochs",
+                epochs,
+                f"{step:.2f} s per step measured here, {steps_per_epoch} steps per epoch, "
+                f"90% of the {time_budget_s:.0f} s budget",
+            )
+        )
+    return plan

@@ -1,0 +1,21 @@
+"""The benchmark scripts run end to end in their smoke modes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_training_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_train.py"), "--smoke", "--data", str(tmp_path / "car")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for label in ("loader alone", "step alone, bf16", "inference alone", "end to end"):
+        assert label in result.stdout

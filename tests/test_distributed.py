@@ -1,0 +1,135 @@
+"""Multi-process training on CPU with the gloo backend: torchrun, DDP, sharded evaluation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import make_dataset
+from unetseg.cli import main
+from unetseg.data.dataset import Sample
+from unetseg.engine.distributed import DistInfo
+from unetseg.engine.evaluation import evaluate
+from unetseg.models.unet import UNet
+
+COMMON = [
+    *("--width", "4", "--workers", "1", "--quiet", "--no-save-epochs", "--precision", "fp32", "--loss", "ce"),
+    *("--augment", "none", "--val-rounds", "1", "-e", "2", "--seed", "3", "--optimizer", "sgd", "-l", "0.05"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    """2 processes x batch 2 = one process x batch 2 x 2 accumulated batches: same samples per step, and BatchNorm
+    sees the same 2-image batches (SyncBatchNorm needs CUDA), so the weights must agree up to float rounding.
+    SGD keeps rounding differences at their size (Adam's normalised steps would magnify them near zero gradients)."""
+    data = make_dataset(tmp_path / "d", count=18, size=(32, 32))
+    single = tmp_path / "single"
+    assert main(["train", "--data", str(data), "-b", "2", "--accumulate", "2", "--out", str(single), *COMMON]) == 0
+    double = tmp_path / "double"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "unetseg",
+        "train",
+        "--data",
+        str(data),
+        "-b",
+        "2",
+        "--out",
+        str(double),
+        *COMMON,
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[:3000]
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)["train_state"]
+    b = torch.load(double / "checkpoints" / "last.pt", weights_only=True)["train_state"]
+    assert a["state"]["step"] == b["state"]["step"] == 8  # 16 training images / global batch 4, 2 epochs
+    params = dict(
+        UNet(1, 2, width=4).named_parameters()
+    )  # BatchNorm running stats differ by design: DDP keeps rank 0's
+    for key in params:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5, rtol=1e-4), key
+    assert len(list((double / "checkpoints").iterdir())) == 2  # only rank 0 wrote: last.pt and best.pt
+
+
+def _evaluate_rank(rank: int, world: int, port: int, samples: list, queue: mp.Queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = UNet(1, 3, width=4).eval()
+    norm = {"scale": 255.0, "mean": [0.5], "std": [0.25]}
+    result = evaluate(model, samples, norm, 3, torch.device("cpu"), batch_size=2, dist_info=DistInfo(rank, world))
+    if rank == 0:
+        queue.put((result["confusion"], sorted(result["images"])))
+    dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_single_process_exactly():
+    rng = np.random.default_rng(0)
+    samples = [
+        Sample(
+            f"s{i}",
+            rng.integers(0, 255, (24, 20 + 4 * (i % 3), 1), dtype=np.uint8),
+            rng.integers(0, 3, (24, 20 + 4 * (i % 3)), dtype=np.uint8),
+        )
+        for i in range(7)
+    ]
+    torch.manual_seed(0)
+    model = UNet(1, 3, width=4).eval()
+    norm = {"scale": 255.0, "mean": [0.5], "std": [0.25]}
+    single = evaluate(model, samples, norm, 3, torch.device("cpu"), batch_size=2)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    mp.start_processes(_evaluate_rank, args=(2, free_port(), samples, queue), nprocs=2, start_method="spawn")
+    confusion, names = queue.get(timeout=60)
+    assert confusion == single["confusion"]
+    assert names == sorted(single["images"])  # every image once: 7 images over 2 ranks, none padded in
+
+
+def test_nproc_starts_torchrun_for_the_user(tmp_path):
+    data = make_dataset(tmp_path / "d", count=10, size=(32, 32))
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unetseg",
+            "train",
+            "--nproc",
+            "2",
+            "--data",
+            str(data),
+            "-b",
+            "2",
+            "--out",
+            str(run),
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[:3000]
+    assert "--nproc_per_node=2" in result.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["step"] == 4

@@ -1,0 +1,84 @@
+"""Dataset-driven plan, cross-validation folds, and the ensemble checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import make_dataset
+from unetseg.cli import main
+from unetseg.data.dataset import fold_indices
+from unetseg.data.prepare import prepare
+from unetseg.engine.checkpoint import build_model, load_checkpoint
+from unetseg.models.ensemble import Ensemble
+from unetseg.plan import make_plan
+
+TINY = ["--width", "4", "-e", "1", "-b", "2", "--workers", "1", "--quiet", "--no-save-epochs"]
+
+
+def test_folds_cover_every_image_once():
+    folds = [fold_indices(11, 4, i, seed=2)[1] for i in range(4)]
+    assert sorted(i for f in folds for i in f) == list(range(11))
+    train, val = fold_indices(11, 4, 0, seed=2)
+    assert not set(train) & set(val)
+
+
+def test_plan_chooses_whole_images_class_weights_and_epochs_for_a_budget(tmp_path):
+    root = make_dataset(tmp_path / "d", count=6, size=(48, 48), values=(0, 1, 2))
+    data = prepare(str(root), None, None, None, None, None, 1.0, 0, 0)
+    plan = {name: value for name, value, _ in make_plan(data, torch.device("cpu"), time_budget_s=20)}
+    assert plan["patch_size"] is None and plan["width"] == 32 and plan["batch_size"] == 8
+    assert plan["class_weights"] in ("auto", "none") and plan["epochs"] >= 1
+
+
+def test_plan_command_prints_a_train_command(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", count=4, size=(40, 40))
+    assert main(["plan", "--data", str(root)]) == 0
+    assert "train with: unetseg train --data" in capsys.readouterr().out
+
+
+def test_cross_validation_writes_scores_and_an_ensemble_that_predicts(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", count=9, size=(32, 32))
+    out = tmp_path / "cv"
+    assert main(["train", "--data", str(root), "--folds", "3", "--out", str(out), *TINY]) == 0
+    report = json.loads((out / "cv.json").read_text())
+    assert report["folds"] == 3 and len(report["dice_fg_per_fold"]) == 3
+    assert np.array(report["confusion"]).sum() == 9 * 32 * 32  # every image scored once, out of fold
+    masks = tmp_path / "pred"
+    assert main(["predict", "-m", str(out / "ensemble.pt"), "-i", str(root / "imgs"), "-o", str(masks), "--quiet"]) == 0
+    assert set(np.unique(np.asarray(Image.open(masks / "img000.png"))).tolist()) <= {0, 255}
+    assert main(["evaluate", "-m", str(out / "ensemble.pt"), "--data", str(root)]) == 0
+
+
+def test_one_fold_at_a_time_then_the_last_one_completes_the_ensemble(tmp_path):
+    root = make_dataset(tmp_path / "d", count=6, size=(32, 32))
+    out = tmp_path / "cv"
+    assert main(["train", "--data", str(root), "--folds", "2", "--fold", "1", "--out", str(out), *TINY]) == 0
+    assert (out / "fold_1" / "oof.json").exists() and not (out / "ensemble.pt").exists()
+    assert main(["train", "--data", str(root), "--folds", "2", "--fold", "0", "--out", str(out), *TINY]) == 0
+    assert (out / "ensemble.pt").exists()
+
+
+def test_ensemble_averages_member_probabilities_under_their_own_normalisation():
+    torch.manual_seed(0)
+    specs = [{"name": "unet", "n_channels": 1, "n_classes": 3, "bilinear": False, "width": 4}] * 2
+    norms = [{"scale": 255.0, "mean": [0.5], "std": [0.2]}, {"scale": 255.0, "mean": [0.3], "std": [0.4]}]
+    ensemble = Ensemble(specs, norms, norms[0]).eval()
+    raw = torch.rand(1, 1, 24, 24)
+    expected = (
+        sum(member((raw - n["mean"][0]) / n["std"][0]).softmax(1) for member, n in zip(ensemble.members, norms)) / 2
+    )
+    with torch.no_grad():
+        got = ensemble((raw - 0.5) / 0.2).softmax(1)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_ensemble_checkpoint_round_trip(tmp_path):
+    root = make_dataset(tmp_path / "d", count=6, size=(32, 32))
+    out = tmp_path / "cv"
+    assert main(["train", "--data", str(root), "--folds", "2", "--out", str(out), *TINY]) == 0
+    model = build_model(load_checkpoint(out / "ensemble.pt"))
+    assert isinstance(model, Ensemble) and len(model.members) == 2

@@ -153,3 +153,9 @@ def test_colour_and_grey_masks_together_are_one_problem(tmp_path, capsys):
     assert main(["doctor", "--data", str(root)]) == 2
     report = capsys.readouterr().out
     assert "some masks are colour (RGB), e.g. " in report and "img000.png" in report and "one encoding" in report
+
+
+def test_doctor_without_data_checks_the_bundled_sample(capsys):
+    assert main(["doctor", "--no-cache"]) == 0
+    report = capsys.readouterr().out
+    assert "nuclei-dsb2018" in report and "65 pairs ready" in report and "verdict   ready to train" in report

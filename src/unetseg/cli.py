@@ -199,8 +199,11 @@ def predict_command(values: dict) -> int:
 
 
 def doctor_command(values: dict) -> int:
+    from unetseg.data.prepare import sample_dataset_dir
     from unetseg.doctor import run_doctor
 
+    if not any(values.get(k) for k in ("data", "images", "masks")):
+        values = values | {"data": str(sample_dataset_dir())}  # as train and plan: the bundled sample
     return run_doctor(build(DoctorConfig, values))
 
 

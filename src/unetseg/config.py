@@ -37,6 +37,22 @@ class DataConfig:
         None, "number of classes (1 = binary with one sigmoid output); default: the number of mask values found", "-c"
     )
     channels: int | None = option(None, "input channels (1, 3 or 4); default: from the images", choices=(1, 3, 4))
+    classes_file: str | None = option(
+        None,
+        "YAML file naming each class's mask value or colour, and an optional ignore value; "
+        "default: classes.yaml in the dataset folder when there is one",
+    )
+    resize_to_mask: bool = option(
+        False, "resize images whose size differs from their mask's to the mask's size (aspect ratios must agree)"
+    )
+    cache: bool = option(
+        True,
+        "keep a scan index and the decoded arrays (memory-mapped) so later starts read no image twice; "
+        "--no-cache decodes into memory and writes nothing",
+    )
+    cache_dir: str | None = option(
+        None, "folder for the index and decoded cache; default: DIR/.unetseg, or ~/.cache/unetseg when DIR is read-only"
+    )
 
 
 @dataclass
@@ -169,6 +185,13 @@ class EvaluateConfig(DataConfig):
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: bool = option(False, "mixed-precision inference")
     scale: float | None = option(None, "image scale; default: the scale the model was trained at", "-s")
+
+
+@dataclass
+class DoctorConfig(DataConfig):
+    """``unetseg doctor``: checks a dataset and says what is wrong and how to fix it."""
+
+    workers: int | None = option(None, "threads that read the files; default: twice the CPU cores, at most 8")
 
 
 @dataclass

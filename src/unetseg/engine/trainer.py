@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.prepare import Dataset, class_frequencies, prepare
+from unetseg.data.prepare import Dataset, class_frequencies, data_options, prepare
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
@@ -123,6 +123,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.seed,
         cfg.workers,
         fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
+        **data_options(cfg),
     )
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now

@@ -114,7 +114,7 @@ class TrainConfig(DataConfig):
     )
     patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
     val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
-    val_batch_size: int = option(8, "images per validation batch")
+    val_batch_size: int = option(16, "images per validation batch (inference needs far less memory than training)")
     seed: int = option(0, "random seed for the split, the initial weights and the batch order")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     workers: int = option(4, "threads that decode the dataset")

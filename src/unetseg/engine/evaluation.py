@@ -32,12 +32,14 @@ def evaluate(
     channels_last: bool = True,
     threshold: float = 0.5,
     dist_info: DistInfo | None = None,
+    batches: list[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
     Returns the pooled per-class scores, ``dice_fg`` (mean over foreground classes), per-image Dice, and loss-free
     counts; all integer accumulation stays on the device until the end (one host sync per evaluation).
     Under DDP each rank scores every world-th image and the integer counts are summed: no image twice, none lost.
+    ``batches`` (from :func:`device_batches`) replaces ``samples`` with batches already resident on the device.
     """
     info = dist_info or DistInfo()
     samples = samples[info.rank :: info.world]
@@ -45,7 +47,7 @@ def evaluate(
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     counts, names = [], []
-    for images, masks, batch_names in eval_batches(samples, batch_size):
+    for images, masks, batch_names in batches if batches is not None else eval_batches(samples, batch_size):
         x = normalize(images, norm, device, channels_last)
         target = masks.to(device, non_blocking=True)
         with autocast(device, dtype):
@@ -70,3 +72,18 @@ def evaluate(
         "image_dice": per_image,
         "image_dice_fg_mean": sum(valid_means) / len(valid_means) if valid_means else math.nan,
     }
+
+
+def device_batches(
+    samples: list[Sample], batch_size: int, device: torch.device, info: DistInfo | None = None, share: float = 0.2
+) -> list | None:
+    """This rank's validation batches, copied to the GPU once (as uint8) when they take under ``share`` of its free
+    memory: later rounds then cost only the forward passes. None on the CPU or when they do not fit."""
+    if device.type != "cuda":
+        return None
+    info = info or DistInfo()
+    mine = samples[info.rank :: info.world]
+    need = sum(s.image.nbytes + s.mask.nbytes for s in mine)
+    if need > share * torch.cuda.mem_get_info(device)[0]:
+        return None
+    return [(x.to(device), y.to(device), names) for x, y, names in eval_batches(mine, batch_size)]

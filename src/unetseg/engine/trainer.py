@@ -26,7 +26,7 @@ from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
 from unetseg.engine.ema import EMA
-from unetseg.engine.evaluation import evaluate
+from unetseg.engine.evaluation import device_batches, evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
 from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.engine.report import gallery, report_round, summary
@@ -271,6 +271,8 @@ def validate(run: Run) -> dict:
     cfg, state = run.cfg, run.state
     started = time.monotonic()
     with run.ema.applied(run.model) if run.ema else contextlib.nullcontext():
+        if run.val_batches is None and run.device.type == "cuda":
+            run.val_batches = device_batches(run.data.val, cfg.val_batch_size, run.device, run.dist) or []
         result = evaluate(
             run.model,
             run.data.val,
@@ -281,6 +283,7 @@ def validate(run: Run) -> dict:
             cfg.val_batch_size,
             cfg.channels_last,
             dist_info=run.dist,
+            batches=run.val_batches or None,
         )
         score = result["dice_fg"]
         run.schedule.observe(score)

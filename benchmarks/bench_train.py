@@ -260,25 +260,8 @@ def mfu(img_s: float, full_size: bool) -> str:
     return f", MFU {img_s / BOUND_IMG_S:.0%}" if full_size else ""
 
 
-def run_sections(args, table: list[tuple[str, str]]) -> None:
-    device = torch.device(args.device)
-    full = args.width == 64 and tuple(args.size) == (1918, 1280) and args.scale == 0.5
-    root = make_carvana(Path(args.data), args.count, args.size)
-    shape = (int(args.size[1] * args.scale), int(args.size[0] * args.scale))
-    add = table.append
-    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    add(
-        (
-            "data",
-            f"{args.count} pairs {args.size[0]}x{args.size[1]} JPEG/GIF, scale {args.scale} -> "
-            f"{shape[1]}x{shape[0]}"
-            f", width {args.width}, batch {args.batch}, {card}"
-            f", torch {torch.__version__}",
-        )
-    )
-    started = time.monotonic()
-    data = prepare(str(root), None, None, None, None, None, args.scale, 10, 0, os.cpu_count() or 4)
-    add(("scan + decode + resize (once)", f"{time.monotonic() - started:.1f} s"))
+def step_sections(args, data, device: torch.device, shape: tuple, full: bool, add) -> None:
+    """Loader alone, the training step alone in each precision, checkpointing, and inference alone."""
     add(("loader alone", f"{bench_loader(data, device, args.batch, args.seconds):.1f} img/s"))
     for label, dtype, compiled in (
         ("fp32", torch.float32, False),
@@ -304,6 +287,29 @@ def run_sections(args, table: list[tuple[str, str]]) -> None:
             f" / {bench_inference(shape, device, torch.bfloat16, args.width, args.batch, args.steps):.1f} img/s",
         )
     )
+
+
+def run_sections(args, table: list[tuple[str, str]]) -> None:
+    device = torch.device(args.device)
+    full = args.width == 64 and tuple(args.size) == (1918, 1280) and args.scale == 0.5
+    root = make_carvana(Path(args.data), args.count, args.size)
+    shape = (int(args.size[1] * args.scale), int(args.size[0] * args.scale))
+    add = table.append
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    add(
+        (
+            "data",
+            f"{args.count} pairs {args.size[0]}x{args.size[1]} JPEG/GIF, scale {args.scale} -> "
+            f"{shape[1]}x{shape[0]}"
+            f", width {args.width}, batch {args.batch}, {card}"
+            f", torch {torch.__version__}",
+        )
+    )
+    started = time.monotonic()
+    data = prepare(str(root), None, None, None, None, None, args.scale, 10, 0, os.cpu_count() or 4)
+    add(("scan + decode + resize (once)", f"{time.monotonic() - started:.1f} s"))
+    if not args.only_e2e:
+        step_sections(args, data, device, shape, full, add)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sampler = GpuSampler()
@@ -341,6 +347,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="loader benchmark duration")
     parser.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (the first is excluded)")
     parser.add_argument("--no-compile-step", dest="compile_step", action="store_false")
+    parser.add_argument("--only-e2e", action="store_true", help="skip the loader, step and inference sections")
     parser.add_argument("--profile", default=None, help="write a kernel profile of one step to this file")
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (for the test suite)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageDraw
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -55,6 +56,20 @@ def make_dataset(
         picture.save(root / image_dir / f"img{i:03d}{image_ext}")
         Image.fromarray(mask, "L").save(root / mask_dir / f"img{i:03d}{mask_suffix}{mask_ext}")
     return root
+
+
+def save_array(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    """Write an array as the file type its suffix names (.npy, .tif via tifffile, else Pillow)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, array)
+    elif suffix in (".tif", ".tiff"):
+        # (C, H, W) with a few C: one page per channel, as microscopes write multi-channel stacks
+        tifffile.imwrite(path, array, photometric="minisblack" if array.ndim == 3 and array.shape[0] <= 4 else None)
+    else:
+        Image.fromarray(array, mode).save(path)
+    return path
 
 
 @pytest.fixture

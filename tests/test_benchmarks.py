@@ -19,3 +19,14 @@ def test_training_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for label in ("loader alone", "step alone, bf16", "inference alone", "end to end"):
         assert label in result.stdout
+
+
+def test_recipe_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_recipe.py"), "--smoke", "--only", "multiclass"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "synthetic shapes, 1%-pixel class" in result.stdout and "class3" in result.stdout

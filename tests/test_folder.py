@@ -8,7 +8,8 @@ from PIL import Image
 
 from conftest import make_dataset
 from unetseg.data.classmap import ClassMap, discover
-from unetseg.data.folder import find_folders, pair_files, scan_pairs
+from unetseg.data.folder import find_folders, pair_files
+from unetseg.data.index import scan_pairs
 from unetseg.data.prepare import prepare
 from unetseg.errors import DataError, UserError
 

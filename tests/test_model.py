@@ -68,5 +68,5 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(UserError, match="known models: unet"):
+    with pytest.raises(UserError, match="known models: ensemble, unet"):
         create_model("resnet")

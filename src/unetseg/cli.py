@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from unetseg.config import EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.config import DoctorConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
 from unetseg.errors import UserError
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly:
@@ -60,6 +60,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_options(predict, PredictConfig)
     export = sub.add_parser("export", help="an ONNX or TorchScript model that takes raw pixels, with its class map")
     add_options(export, ExportConfig)
+    doctor = sub.add_parser("doctor", help="check a dataset before training: what is wrong and how to fix it")
+    add_options(doctor, DoctorConfig)
     return parser
 
 
@@ -100,7 +102,7 @@ def train_command(values: dict) -> int:
 def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
     """The plan for ``cfg``'s data on ``cfg``'s device."""
     from unetseg.config import parse_duration
-    from unetseg.data.prepare import prepare
+    from unetseg.data.prepare import data_options, prepare
     from unetseg.engine.precision import resolve_device
     from unetseg.plan import make_plan
 
@@ -115,6 +117,7 @@ def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
         cfg.validation,
         cfg.seed,
         cfg.workers,
+        **data_options(cfg),
     )
     budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
     return make_plan(data, resolve_device(cfg.device), budget)
@@ -209,12 +212,22 @@ def export_command(values: dict) -> int:
     return 0
 
 
+def doctor_command(values: dict) -> int:
+    from unetseg.data.prepare import sample_dataset_dir
+    from unetseg.doctor import run_doctor
+
+    if not any(values.get(k) for k in ("data", "images", "masks")):
+        values = values | {"data": str(sample_dataset_dir())}  # as train and plan: the bundled sample
+    return run_doctor(build(DoctorConfig, values))
+
+
 COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
     "predict": predict_command,
     "export": export_command,
     "plan": plan_command,
+    "doctor": doctor_command,
 }
 
 

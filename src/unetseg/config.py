@@ -40,6 +40,22 @@ class DataConfig:
         None, "number of classes (1 = binary with one sigmoid output); default: the number of mask values found", "-c"
     )
     channels: int | None = option(None, "input channels (1, 3 or 4); default: from the images", choices=(1, 3, 4))
+    classes_file: str | None = option(
+        None,
+        "YAML file naming each class's mask value or colour, and an optional ignore value; "
+        "default: classes.yaml in the dataset folder when there is one",
+    )
+    resize_to_mask: bool = option(
+        False, "resize images whose size differs from their mask's to the mask's size (aspect ratios must agree)"
+    )
+    cache: bool = option(
+        True,
+        "keep a scan index and the decoded arrays (memory-mapped) so later starts read no image twice; "
+        "--no-cache decodes into memory and writes nothing",
+    )
+    cache_dir: str | None = option(
+        None, "folder for the index and decoded cache; default: DIR/.unetseg, or ~/.cache/unetseg when DIR is read-only"
+    )
 
 
 @dataclass
@@ -101,7 +117,7 @@ class TrainConfig(DataConfig):
     )
     patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
     val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
-    val_batch_size: int = option(8, "images per validation batch")
+    val_batch_size: int = option(16, "images per validation batch (inference needs far less memory than training)")
     seed: int = option(0, "random seed for the split, the initial weights and the batch order")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     workers: int = option(4, "threads that decode the dataset")
@@ -190,6 +206,13 @@ class EvaluateConfig(DataConfig):
             raise UserError("-b/--batch-size must be at least 1")
         if self.scale is not None and not 0 < self.scale <= 16:
             raise UserError("-s/--scale must be in (0, 16]")
+
+
+@dataclass
+class DoctorConfig(DataConfig):
+    """``unetseg doctor``: checks a dataset and says what is wrong and how to fix it."""
+
+    workers: int | None = option(None, "threads that read the files; default: twice the CPU cores, at most 8")
 
 
 @dataclass

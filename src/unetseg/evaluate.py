@@ -16,8 +16,7 @@ import torch
 from unetseg.boundary import DISTANCES, require_scipy
 from unetseg.config import EvaluateConfig
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import load_samples
-from unetseg.data.prepare import collect
+from unetseg.data.prepare import evaluation_samples
 from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.precision import choose_dtype, resolve_device
@@ -42,8 +41,17 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     ckpt = load_checkpoint(cfg.model_path)
     class_map = ClassMap.from_dict(ckpt["class_map"])
     scale = cfg.scale or float(ckpt.get("scale", 1.0))
-    pairs, _, root, _ = collect(cfg.data, cfg.images, cfg.masks)
-    samples = load_samples(pairs, class_map, int(ckpt["channels"]), scale)
+    samples, root = evaluation_samples(
+        cfg.data,
+        cfg.images,
+        cfg.masks,
+        class_map,
+        int(ckpt["channels"]),
+        scale,
+        cfg.resize_to_mask,
+        cfg.cache,
+        cfg.cache_dir,
+    )
     device = resolve_device(cfg.device)
     model = build_model(ckpt).to(device)
     result = evaluate(

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from unetseg.config import TrainConfig
-from unetseg.data.prepare import prepare
+from unetseg.data.prepare import data_options, prepare
 from unetseg.engine.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.precision import choose_dtype, resolve_device
@@ -38,6 +38,7 @@ def out_of_fold(cfg: TrainConfig, root: Path, fold: int) -> dict:
         cfg.seed,
         cfg.workers,
         fold=(fold, cfg.folds),
+        **data_options(cfg),
     )
     ckpt = load_checkpoint(fold_dir(root, fold) / "checkpoints" / "best.pt")
     device = resolve_device(cfg.device)

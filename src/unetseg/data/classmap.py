@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unetseg.data.folder import ScanResult, color_keys
+from unetseg.data.folder import color_keys
+from unetseg.data.index import ScanResult
 from unetseg.errors import DataError
 
 IGNORE_INDEX = 255  # class index that losses and metrics skip (tensor contract)
@@ -41,14 +42,20 @@ PALETTE = [
 
 @dataclass
 class ClassMap:
-    """Mask values in class order. ``values[i]`` is the value (int) or colour ([r, g, b]) of class ``i``."""
+    """Mask values in class order. ``values[i]`` is the value (int) or colour ([r, g, b]) of class ``i``.
+
+    ``ignore`` is a mask value (or colour) that losses and metrics skip: it becomes index 255.
+    """
 
     values: list
     names: list[str] = field(default_factory=list)
     colors: list[list[int]] = field(default_factory=list)
     snap: bool = False  # masks are lossy: map each pixel to the nearest known value
+    ignore: int | list[int] | None = None
 
     def __post_init__(self) -> None:
+        if len(self.values) > IGNORE_INDEX:
+            raise DataError(f"{len(self.values)} classes: at most {IGNORE_INDEX} are supported (255 means ignore)")
         if not self.names:
             self.names = ["background" if i == 0 else f"class{i}" for i in range(len(self.values))]
         if not self.colors:
@@ -66,27 +73,49 @@ class ClassMap:
         return bool(self.values) and isinstance(self.values[0], (list, tuple))
 
     def keys(self) -> np.ndarray:
-        if self.is_color:
-            return np.array([(r << 16) | (g << 8) | b for r, g, b in self.values], dtype=np.int64)
-        return np.array(self.values, dtype=np.int64)
+        """Each class's value as an int key (``r << 16 | g << 8 | b`` for colours)."""
+        return np.array([_key(v) for v in self.values], dtype=np.int64)
+
+    def ignore_key(self) -> int | None:
+        return None if self.ignore is None else _key(self.ignore)
+
+    def classify(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class index (uint8, 255 = ignore) of each distinct mask key in ``raw``, and which keys are unknown."""
+        keys = self.keys()
+        match = raw[:, None] == keys[None, :]  # (N, K)
+        table = np.where(match.any(1), match.argmax(1), IGNORE_INDEX).astype(np.uint8)
+        unknown = ~match.any(1)
+        ignore = self.ignore_key()
+        if ignore is not None:
+            unknown &= raw != ignore
+        if self.snap and unknown.any():
+            table[unknown] = _nearest(raw[unknown], keys, self.is_color)
+            unknown[:] = False
+        return table, unknown
 
     def encode(self, mask: np.ndarray, path: object = "mask") -> np.ndarray:
         """Mask values -> uint8 class indices ``(H, W)``. Unknown values are an error naming the file."""
-        raw = color_keys(mask) if mask.ndim == 3 else mask.astype(np.int64)
-        keys = self.keys()
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        pos = np.clip(np.searchsorted(sorted_keys, raw), 0, len(keys) - 1)
-        if self.snap and not self.is_color:
-            left = np.clip(pos - 1, 0, len(keys) - 1)
-            pos = np.where(np.abs(sorted_keys[left] - raw) < np.abs(sorted_keys[pos] - raw), left, pos)
-        elif not np.array_equal(sorted_keys[pos], raw):
-            unknown = sorted(set(np.unique(raw).tolist()) - set(keys.tolist()))
-            raise DataError(
-                f"{path}: mask values {_fmt(unknown)} are not in the class map {_fmt(self.values)}; "
-                "fix the mask, or train with a class count that includes them"
-            )
-        return order[pos].astype(np.uint8)
+        raw = color_keys(mask) if mask.ndim == 3 else mask
+        if raw.dtype in (np.uint8, np.uint16):  # a lookup table over the whole dtype: no sort
+            domain = np.arange(256 if raw.dtype == np.uint8 else 65536, dtype=np.int64)
+            table, unknown = self.classify(domain)
+            out = table[raw]
+            bad = np.unique(raw[unknown[raw]]) if unknown.any() else []
+        else:
+            present, inverse = np.unique(raw, return_inverse=True)
+            table, unknown = self.classify(present.astype(np.int64))
+            out = table[inverse].reshape(raw.shape)
+            bad = present[unknown]
+        if len(bad):
+            raise DataError(self.unknown_message(path, [int(v) for v in bad]))
+        return out
+
+    def unknown_message(self, path: object, keys: list[int]) -> str:
+        shown = [_key_to_value(k, self.is_color) for k in keys]
+        return (
+            f"{path}: mask values {_fmt(shown)} are not in the class map {_fmt(self.values)}; "
+            "fix the mask, or name these values in the classes file (or pass a class count that includes them)"
+        )
 
     def decode(self, index: np.ndarray) -> np.ndarray:
         """Class indices ``(H, W)`` -> mask in the training masks' own values (or colours)."""
@@ -99,6 +128,7 @@ class ClassMap:
             "names": list(self.names),
             "colors": [list(c) for c in self.colors],
             "snap": self.snap,
+            "ignore": list(self.ignore) if isinstance(self.ignore, (list, tuple)) else self.ignore,
         }
 
     @classmethod
@@ -108,7 +138,24 @@ class ClassMap:
             names=list(data.get("names", [])),
             colors=[list(c) for c in data.get("colors", [])],
             snap=bool(data.get("snap", False)),
+            ignore=data.get("ignore"),
         )
+
+
+def _key(value: int | list[int]) -> int:
+    if isinstance(value, (list, tuple)):
+        r, g, b = value
+        return (int(r) << 16) | (int(g) << 8) | int(b)
+    return int(value)
+
+
+def _nearest(raw: np.ndarray, keys: np.ndarray, is_color: bool) -> np.ndarray:
+    """Index of the nearest class key: by grey level, or by RGB distance for colours."""
+    if not is_color:
+        return np.abs(raw[:, None] - keys[None, :]).argmin(1)
+    rgb = np.stack([raw >> 16 & 255, raw >> 8 & 255, raw & 255], 1)[:, None, :]
+    ref = np.stack([keys >> 16 & 255, keys >> 8 & 255, keys & 255], 1)[None, :, :]
+    return ((rgb - ref) ** 2).sum(2).argmin(1)
 
 
 def _fmt(values: list) -> str:
@@ -124,16 +171,34 @@ def discover(scan: ScanResult, classes: int | None, lossy: bool = False) -> tupl
     """Build the class map from scanned mask values; ``classes`` is ``-c/--classes`` (None: from the data).
 
     Returns the map and notes for the user. ``classes == 1`` means one sigmoid output for two values.
+    ``lossy`` (JPEG masks) snaps compression noise to the real class values; PNG masks whose values look like
+    such noise are snapped only when ``classes`` says how many values are real.
     """
     is_color = bool(scan.mask_is_color) and scan.mask_is_color[0]
     found = np.unique(np.concatenate(scan.mask_values)) if scan.mask_values else np.array([], dtype=np.int64)
     notes: list[str] = []
     snap = False
-    if lossy and not is_color and len(found) > max(2, classes or 0):
-        found, moved_note = _lossy_peaks(scan, classes)
-        notes.append(moved_note)
-        snap = True
     wanted = 2 if classes == 1 else classes
+    if not is_color and len(found) > max(2, wanted or 0) and found.max() < 65536:
+        hist = value_histogram(scan)
+        noisy = looks_lossy(hist)
+        if lossy or (noisy and wanted):
+            found, moved = lossy_peaks(hist, wanted)
+            what = "masks are JPEG" if lossy else "mask values look like JPEG compression noise"
+            notes.append(
+                f"{what}: snapped to the {len(found)} class values {_fmt(found.tolist())} "
+                f"({moved} of {hist.sum()} pixels, {100 * moved / max(hist.sum(), 1):.2f}%, moved); "
+                "save masks as PNG without compression to avoid this"
+            )
+            snap = True
+        elif noisy:
+            peaks = lossy_peaks(hist, None)[0]
+            raise DataError(
+                f"masks hold {len(found)} values {_fmt(found.tolist())} clustered around {_fmt(peaks.tolist())}, "
+                "like JPEG compression noise (masks once saved as JPEG); re-export the masks without compression, "
+                f"or pass -c {len(peaks)} to snap every pixel to the nearest of these values "
+                f"(if the {len(found)} values are real classes, pass -c {len(found)})"
+            )
     if wanted is None:
         if len(found) < 2:
             raise DataError(
@@ -169,26 +234,46 @@ def _mismatch(scan: ScanResult, found: np.ndarray, wanted: int, classes: int) ->
     )
 
 
-def _lossy_peaks(scan: ScanResult, classes: int | None) -> tuple[np.ndarray, str]:
-    """Real class values of JPEG masks: the most common values, found from a histogram of all masks."""
-    from unetseg.data.io import read_mask
+def value_histogram(scan: ScanResult) -> np.ndarray:
+    """Pixels per grey value (0..65535) over all masks, from the scan (no file is read again)."""
+    hist = np.zeros(65536, dtype=np.int64)
+    for values, counts in zip(scan.mask_values, scan.mask_counts):
+        keep = values < 65536
+        np.add.at(hist, values[keep], counts[keep])
+    return hist
 
-    counts = np.zeros(65536, dtype=np.int64)
-    for pair in scan.pairs:
-        counts += np.bincount(read_mask(pair.mask).ravel().astype(np.int64), minlength=65536)[:65536]
-    total = counts.sum()
-    wanted = 2 if classes == 1 else classes
-    if wanted:
-        peaks = np.sort(np.argsort(counts)[::-1][:wanted])
-    else:
-        # A class value is a local maximum of the histogram (noise sits on its flanks) with a real share of pixels.
-        window = np.lib.stride_tricks.sliding_window_view(np.pad(counts, LOSSY_PEAK_RADIUS), 2 * LOSSY_PEAK_RADIUS + 1)
-        peaks = np.flatnonzero((counts >= LOSSY_PEAK_SHARE * total) & (counts == window.max(axis=1)) & (counts > 0))
-    values = np.arange(65536)
-    nearest = peaks[np.abs(values[:, None] - peaks[None, :]).argmin(axis=1)] if len(peaks) else values
-    moved = int(counts[(nearest != values) & (counts > 0)].sum())
-    note = (
-        f"masks are JPEG: compression noise snapped to the {len(peaks)} class values {_fmt(peaks.tolist())} "
-        f"({moved} of {total} pixels, {100 * moved / max(total, 1):.2f}%, moved); save masks as PNG to avoid this"
-    )
-    return peaks, note
+
+def _peaks(hist: np.ndarray) -> np.ndarray:
+    # A class value is a local maximum of the histogram (noise sits on its flanks) with a real share of pixels.
+    window = np.lib.stride_tricks.sliding_window_view(np.pad(hist, LOSSY_PEAK_RADIUS), 2 * LOSSY_PEAK_RADIUS + 1)
+    return np.flatnonzero((hist >= LOSSY_PEAK_SHARE * hist.sum()) & (hist == window.max(axis=1)) & (hist > 0))
+
+
+def looks_lossy(hist: np.ndarray) -> bool:
+    """Many values, nearly all within the noise radius of a few well-separated peaks: JPEG noise, not classes.
+
+    Class-index masks (0, 1, 2, ...) rarely qualify: their busy values are not that far apart. When they do, the
+    message that follows says to pass their class count, which turns snapping off.
+    """
+    peaks = _peaks(hist)
+    if len(peaks) < 2 or np.diff(peaks).min() <= 2 * LOSSY_PEAK_RADIUS:
+        return False
+    present = np.flatnonzero(hist)
+    near = np.abs(present[:, None] - peaks[None, :]).min(axis=1) <= LOSSY_PEAK_RADIUS
+    return len(present) >= 4 * len(peaks) and hist[present[near]].sum() >= 0.9 * hist.sum()
+
+
+def lossy_peaks(hist: np.ndarray, wanted: int | None) -> tuple[np.ndarray, int]:
+    """Real class values of noisy masks (the ``wanted`` most common, or the histogram's peaks) and pixels moved.
+
+    Compression shifts flat areas by a level or two (0 -> 1, 255 -> 254): a peak that close to the end of the
+    range stands for the end value, as long as that keeps the classes apart.
+    """
+    peaks = np.sort(np.argsort(hist)[::-1][:wanted]) if wanted else _peaks(hist)
+    top = 255 if not hist[256:].any() else 65535
+    ends = np.where(peaks <= LOSSY_PEAK_RADIUS, 0, np.where(peaks >= top - LOSSY_PEAK_RADIUS, top, peaks))
+    if len(np.unique(ends)) == len(peaks):
+        peaks = ends
+    present = np.flatnonzero(hist)
+    moved = int(hist[present[~np.isin(present, peaks)]].sum())
+    return peaks, moved

@@ -1,4 +1,4 @@
-"""Decoded samples at training resolution, normalisation statistics, the split, and batch iterators.
+"""Decoded samples at training resolution, normalisation statistics, the split, and evaluation batches.
 
 Images are decoded once into uint8/uint16 arrays (kept at their bit depth); masks into uint8 class indices.
 Batches leave here as uint8/uint16 tensors; conversion to float and normalisation happen on the device.
@@ -30,8 +30,10 @@ class Sample:
     """One decoded pair at training resolution."""
 
     name: str
-    image: np.ndarray  # (H, W, C) uint8 or uint16
+    image: np.ndarray  # (H, W, C) uint8 or uint16; a read-only memory-mapped view when cached
     mask: np.ndarray | None  # (H, W) uint8 class indices, 255 = ignore
+    stats: dict | None = None  # image_stats(image), kept by the decoded cache so no start re-reads every pixel
+    class_counts: np.ndarray | None = None  # pixels per class index (0..255), kept by the decoded cache
 
 
 def match_channels(image: np.ndarray, channels: int, path: object = "image") -> np.ndarray:
@@ -92,42 +94,60 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), resample=Image.NEAREST))
 
 
-def load_sample(pair: Pair, class_map: ClassMap | None, channels: int, scale: float) -> Sample:
-    """Decode one pair, match channels, resize by ``scale``, and encode the mask as class indices."""
+def load_sample(
+    pair: Pair, class_map: ClassMap | None, channels: int, scale: float, resize_to_mask: bool = False
+) -> Sample:
+    """Decode one pair, match channels, resize by ``scale``, and encode the mask as class indices.
+
+    With ``resize_to_mask`` an image of another size than its mask is resized to the mask's (scaled) size,
+    in the same single bicubic resize.
+    """
     image = match_channels(read_image(pair.image), channels, pair.image)
-    size = scaled_size(image.shape[0], image.shape[1], scale, pair.image)
-    mask = None
-    if pair.mask is not None and class_map is not None:
-        mask = resize_mask(class_map.encode(read_mask(pair.mask), pair.mask), size)
+    raw_mask = read_mask(pair.mask) if pair.mask is not None and class_map is not None else None
+    base = raw_mask.shape[:2] if resize_to_mask and raw_mask is not None else image.shape[:2]
+    size = scaled_size(base[0], base[1], scale, pair.image)
+    mask = None if raw_mask is None else resize_mask(class_map.encode(raw_mask, pair.mask), size)
     return Sample(pair.image.stem, resize_image(image, size), mask)
 
 
 def load_samples(
-    pairs: list[Pair], class_map: ClassMap | None, channels: int, scale: float, workers: int = 4
+    pairs: list[Pair],
+    class_map: ClassMap | None,
+    channels: int,
+    scale: float,
+    workers: int = 4,
+    resize_to_mask: bool = False,
 ) -> list[Sample]:
     """Decode all pairs once, in threads."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: load_sample(p, class_map, channels, scale), pairs))
+        return list(pool.map(lambda p: load_sample(p, class_map, channels, scale, resize_to_mask), pairs))
+
+
+def image_stats(image: np.ndarray) -> dict:
+    """Per-channel sums in the image's own units over every 4th pixel (plenty for a mean), and its largest value."""
+    pixels = image[::2, ::2].reshape(-1, image.shape[2]).astype(np.float64)
+    return {
+        "sum": pixels.sum(0).tolist(),
+        "sumsq": (pixels**2).sum(0).tolist(),
+        "count": len(pixels),
+        "top": int(image.max(initial=0)),
+        "eight_bit": image.dtype == np.uint8,
+    }
 
 
 def compute_norm(samples: list[Sample]) -> dict:
     """Per-channel mean/std of the training images after dividing by their value range.
 
     The range is 255 for 8-bit data and the largest value seen for 16-bit data (never 255 for 16 bit).
+    Statistics the decoded cache kept (``Sample.stats``) are used instead of reading the pixels again.
     """
-    top = 255.0 if all(s.image.dtype == np.uint8 for s in samples) else float(max(s.image.max() for s in samples))
+    stats = [s.stats if s.stats is not None else image_stats(s.image) for s in samples]
+    top = 255.0 if all(st["eight_bit"] for st in stats) else float(max(st["top"] for st in stats))
     top = max(top, 1.0)
-    channels = samples[0].image.shape[2]
-    total = np.zeros(channels)
-    total_sq = np.zeros(channels)
-    count = 0
-    for sample in samples:
-        pixels = sample.image[::2, ::2].reshape(-1, channels).astype(np.float64) / top  # every 4th pixel is plenty
-        total += pixels.sum(0)
-        total_sq += (pixels**2).sum(0)
-        count += len(pixels)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0)) + 1e-6
+    count = sum(st["count"] for st in stats)
+    mean = np.sum([st["sum"] for st in stats], axis=0) / top / count
+    mean_sq = np.sum([st["sumsq"] for st in stats], axis=0) / top**2 / count
+    std = np.sqrt(np.maximum(mean_sq - mean**2, 0)) + 1e-6
     return {"scale": top, "mean": mean.round(6).tolist(), "std": np.maximum(std, 1e-3).round(6).tolist()}
 
 

@@ -1,16 +1,15 @@
-"""Folders of images and masks: finding the two folders, pairing files by stem, and scanning them once."""
+"""Folders of images and masks: finding the two folders and pairing their files by stem."""
 
 from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from unetseg.data.io import LOSSY_SUFFIXES, is_image_file, read_image, read_mask
+from unetseg.data.io import IMAGE_SUFFIXES, LOSSY_SUFFIXES
 from unetseg.errors import DataError, UserError
 
 IMAGE_DIR_NAMES = ("imgs", "images", "image", "img")
@@ -25,20 +24,6 @@ class Pair:
 
     image: Path
     mask: Path | None
-
-
-@dataclass
-class ScanResult:
-    """What one pass over a folder found: per-pair sizes, channels, bit depth and mask values."""
-
-    pairs: list[Pair]
-    sizes: list[tuple[int, int]]  # (H, W) of each image
-    channels: list[int]  # channels of each image, constant alpha already dropped
-    dtypes: list[str]
-    mask_values: list[np.ndarray] = field(default_factory=list)  # sorted unique values (ints, or RGB keys)
-    mask_is_color: list[bool] = field(default_factory=list)
-    raw_channels: list[int] = field(default_factory=list)  # channels as stored, alpha included
-    notes: list[str] = field(default_factory=list)
 
 
 def find_folders(data: str | Path | None, images: str | Path | None, masks: str | Path | None) -> tuple[Path, Path]:
@@ -69,27 +54,44 @@ def find_folders(data: str | Path | None, images: str | Path | None, masks: str 
     return image_dir, mask_dir
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """Readable image files in a folder (sorted), and notes on what was skipped."""
-    files, skipped = [], []
+def list_images(folder: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Image files in a folder (sorted), notes on what was skipped, and problems (names that are not UTF-8)."""
     try:
-        entries = sorted(folder.iterdir())
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except PermissionError as err:
         raise UserError(f"{folder}: cannot list this folder ({err}); fix its permissions") from err
-    for path in entries:
-        if is_image_file(path):
-            files.append(path)
-        elif not path.name.startswith("."):
-            skipped.append(path.name)
-    notes = (
-        [
-            f"{folder}: ignored {len(skipped)} entries that are not image files ({', '.join(skipped[:5])}"
-            f"{', ...' if len(skipped) > 5 else ''})"
-        ]
-        if skipped
-        else []
-    )
-    return files, notes
+    files, problems = [], []
+    skipped: dict[str, list[str]] = {"hidden entries": [], "sub-folders": [], "files that are not images": []}
+    for entry in entries:
+        name = printable(entry.name)
+        if entry.name.startswith("."):
+            skipped["hidden entries"].append(name)
+        elif entry.is_dir():
+            skipped["sub-folders"].append(name)
+        elif Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+            skipped["files that are not images"].append(name)
+        elif name != entry.name:
+            problems.append(
+                f"{folder / name}: file name is not valid UTF-8; rename it using UTF-8 characters "
+                "(e.g. convmv -f latin1 -t utf8 --notest FILE)"
+            )
+        else:
+            files.append(folder / entry.name)
+    notes = [
+        f"{folder}: ignored {len(names)} {what} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        for what, names in skipped.items()
+        if names
+    ]
+    return files, notes, problems
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _mask_key(stem: str, image_stems: set[str]) -> str:
@@ -102,25 +104,29 @@ def _mask_key(stem: str, image_stems: set[str]) -> str:
     return match.group(1) if match else stem
 
 
-def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
-    """Pair images with masks by stem (a mask may carry a suffix such as ``_mask``). Every mismatch is reported."""
-    images, notes = list_images(image_dir)
-    masks, mask_notes = list_images(mask_dir)
-    notes += mask_notes
-    if not images:
+def match_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str], list[str], list[Path]]:
+    """Pair images with masks by stem (a mask may carry a suffix such as ``_mask``).
+
+    Returns the matched pairs, notes, every problem (unmatched or ambiguous files) rather than the first, and the
+    files left unmatched (so that they can still be checked for being readable).
+    """
+    images, notes, problems = list_images(image_dir)
+    masks, mask_notes, mask_problems = list_images(mask_dir)
+    notes, problems = notes + mask_notes, problems + mask_problems
+    if not images and not problems:
         raise DataError(
             f"{image_dir}: no image files found (looked for .png, .jpg, .tif, .bmp, .gif, .npy); "
             "put the training images there"
         )
     by_stem: dict[str, Path] = {}
-    problems = []
     for path in images:
         if path.stem in by_stem:
             problems.append(f"{path}: two images share the stem '{path.stem}' ({by_stem[path.stem].name}); rename one")
         by_stem[path.stem] = path
+    stems = set(by_stem)
     mask_by_stem: dict[str, Path] = {}
     for path in masks:
-        key = _mask_key(path.stem, set(by_stem))
+        key = _mask_key(path.stem, stems)
         if key in mask_by_stem:
             problems.append(f"{path}: two masks pair with image '{key}' ({mask_by_stem[key].name}); keep one")
         mask_by_stem[key] = path
@@ -133,9 +139,18 @@ def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     for key, path in mask_by_stem.items():
         if key not in by_stem:
             problems.append(f"{path}: no image for this mask in {image_dir}; add the image or remove the mask")
+    pairs = [Pair(by_stem[s], mask_by_stem[s]) for s in sorted(by_stem) if s in mask_by_stem]
+    unmatched = [p for s, p in by_stem.items() if s not in mask_by_stem]
+    unmatched += [p for k, p in mask_by_stem.items() if k not in by_stem]
+    return pairs, notes, problems, unmatched
+
+
+def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
+    """Like ``match_files``, but any problem raises one ``DataError`` listing them all."""
+    pairs, notes, problems, _ = match_files(image_dir, mask_dir)
     if problems:
         raise DataError(problems)
-    return [Pair(by_stem[s], mask_by_stem[s]) for s in sorted(by_stem)], notes
+    return pairs, notes
 
 
 def image_channels(image: np.ndarray) -> int:
@@ -146,56 +161,17 @@ def image_channels(image: np.ndarray) -> int:
     return channels
 
 
-def _scan_one(pair: Pair) -> tuple:
-    image = read_image(pair.image)
-    mask = read_mask(pair.mask) if pair.mask is not None else None
-    if mask is not None and mask.shape[:2] != image.shape[:2]:
-        raise UserError(
-            f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} is "
-            f"{image.shape[1]}x{image.shape[0]} (W x H); save the mask at the image's size"
-        )
-    values, is_color = (None, False)
-    if mask is not None:
-        is_color = mask.ndim == 3
-        values = np.unique(color_keys(mask) if is_color else mask)
-    return image.shape[:2], image_channels(image), str(image.dtype), values, is_color, image.shape[2]
-
-
 def color_keys(mask: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 colours -> ``(H, W)`` int64 keys ``r << 16 | g << 8 | b``."""
     mask = mask.astype(np.int64)
     return (mask[..., 0] << 16) | (mask[..., 1] << 8) | mask[..., 2]
 
 
-def scan_pairs(pairs: list[Pair], workers: int | None = None) -> ScanResult:
-    """Read every pair once, in parallel threads (decoders release the GIL), collecting all problems."""
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    results, problems = [], []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_scan_one, p) for p in pairs]
-        for future in futures:
-            try:
-                results.append(future.result())
-            except UserError as err:
-                problems.append(str(err))
-                results.append(None)
-    if problems:
-        raise DataError(problems)
-    scan = ScanResult(
-        pairs=pairs, sizes=[r[0] for r in results], channels=[r[1] for r in results], dtypes=[r[2] for r in results]
-    )
-    scan.mask_values = [r[3] for r in results]
-    scan.mask_is_color = [r[4] for r in results]
-    scan.raw_channels = [r[5] for r in results]
-    if any(scan.mask_is_color) and not all(scan.mask_is_color):
-        grey = [str(p.mask) for p, c in zip(pairs, scan.mask_is_color) if not c][:3]
-        raise DataError(
-            f"some masks are colour (RGB) and others single-channel (e.g. {', '.join(grey)}); "
-            "save all masks in one encoding"
-        )
-    return scan
+def is_lossy(path: Path | None) -> bool:
+    """A lossy format (JPEG): its values carry compression noise."""
+    return path is not None and path.suffix.lower() in LOSSY_SUFFIXES
 
 
 def lossy_masks(pairs: list[Pair]) -> bool:
-    """True when masks are stored in a lossy format (JPEG), whose values carry compression noise."""
-    return any(p.mask is not None and p.mask.suffix.lower() in LOSSY_SUFFIXES for p in pairs)
+    """True when some masks are stored in a lossy format (JPEG), whose values carry compression noise."""
+    return any(is_lossy(p.mask) for p in pairs)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.data.classmap import ClassMap, discover
-from unetseg.data.dataset import Sample, compute_norm, fold_indices, load_samples, split_indices
-from unetseg.data.folder import Pair, ScanResult, find_folders, lossy_masks, pair_files, scan_pairs
-from unetseg.errors import UserError
+from unetseg.data.cache import decoded_samples
+from unetseg.data.checks import channel_notes, check_folder, default_channels, inspect_dataset, unknown_values
+from unetseg.data.classmap import ClassMap
+from unetseg.data.dataset import Sample, compute_norm, fold_indices, split_indices
+from unetseg.data.folder import Pair
+from unetseg.data.index import ScanResult
+from unetseg.errors import DataError, UserError
 
 
 def sample_dataset_dir() -> Path:
@@ -31,26 +34,29 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
 
-def collect(data: str | None, images: str | None, masks: str | None) -> tuple[list[Pair], ScanResult, str, list[str]]:
+def data_options(cfg: object) -> dict:
+    """``prepare``'s keyword options for reading the data, from a config holding the ``DataConfig`` fields."""
+    names = ("classes_file", "resize_to_mask", "cache", "cache_dir")
+    return {name: getattr(cfg, name) for name in names}
+
+
+def doctor_hint(data: str | None) -> str:
+    return f"`unetseg doctor --data {data or 'DIR'}` reports on the whole dataset"
+
+
+def collect(
+    data: str | None,
+    images: str | None,
+    masks: str | None,
+    resize_to_mask: bool = False,
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> tuple[list[Pair], ScanResult, str, list[str]]:
     """Find, pair and scan one folder (every problem reported at once)."""
-    image_dir, mask_dir = find_folders(data, images, masks)
-    pairs, notes = pair_files(image_dir, mask_dir)
-    return pairs, scan_pairs(pairs), str(data or image_dir.parent), notes
-
-
-def default_channels(channels: list[int]) -> int:
-    """Grey when every image is grey, RGBA when some alpha carries data, otherwise RGB."""
-    if all(c == 1 for c in channels):
-        return 1
-    return 4 if any(c >= 4 for c in channels) else 3
-
-
-def _merge(a: ScanResult, b: ScanResult) -> ScanResult:
-    merged = ScanResult(a.pairs + b.pairs, a.sizes + b.sizes, a.channels + b.channels, a.dtypes + b.dtypes)
-    merged.mask_values = a.mask_values + b.mask_values
-    merged.mask_is_color = a.mask_is_color + b.mask_is_color
-    merged.raw_channels = a.raw_channels + b.raw_channels
-    return merged
+    check = check_folder(data, images, masks, resize_to_mask, cache, cache_dir)
+    if check.problems:
+        raise DataError(check.problems, hint=doctor_hint(data))
+    return check.pairs, check.scan, str(check.root), check.notes
 
 
 def prepare(
@@ -65,27 +71,28 @@ def prepare(
     seed: int,
     workers: int = 4,
     fold: tuple[int, int] | None = None,
+    classes_file: str | None = None,
+    resize_to_mask: bool = False,
+    cache: bool = True,
+    cache_dir: str | None = None,
 ) -> Dataset:
-    """Scan, build the class map, decode at training resolution, split, and compute normalisation.
+    """Check the data (all problems at once, as ``unetseg doctor``), build the class map, decode at training
+    resolution through the decoded cache, split, and compute normalisation.
 
     ``fold`` = (i, k) validates on fold i of a deterministic k-fold split instead of a random percentage.
     """
-    pairs, scan, root, notes = collect(data, images, masks)
-    all_scan = scan
-    val_pairs: list[Pair] = []
+    report = inspect_dataset(
+        data, images, masks, val_data, classes, classes_file, resize_to_mask, cache, cache_dir, workers
+    )
+    if report.problems:
+        raise DataError(report.problems, hint=doctor_hint(data))
+    class_map, scan = report.class_map, report.scan
+    channels = channels or default_channels(scan.channels)
+    notes = report.notes + report.warnings + channel_notes(scan.channels, channels)
+    samples = decoded_samples(report.folders[0], class_map, channels, scale, resize_to_mask, workers)
     if val_data:
-        val_pairs, val_scan, _, val_notes = collect(val_data, None, None)
-        notes += val_notes
-        all_scan = _merge(scan, val_scan)
-    class_map, map_notes = discover(all_scan, classes, lossy_masks(pairs + val_pairs))
-    notes += map_notes
-    channels = channels or default_channels(all_scan.channels)
-    dropped = sum(1 for c, raw in zip(all_scan.channels, all_scan.raw_channels) if c < raw)
-    if dropped:
-        notes.append(f"{dropped} images carry a constant alpha channel; it was dropped")
-    samples = load_samples(pairs, class_map, channels, scale, workers)
-    if val_data:
-        train, val = samples, load_samples(val_pairs, class_map, channels, scale, workers)
+        train = samples
+        val = decoded_samples(report.folders[1], class_map, channels, scale, resize_to_mask, workers)
     else:
         train_idx, val_idx = (
             fold_indices(len(samples), fold[1], fold[0], seed)
@@ -95,12 +102,35 @@ def prepare(
         train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     if not train:
         raise UserError("no training images left after the validation split; lower -v/--validation")
+    root = str(report.folders[0].root)
     return Dataset(train, val, class_map, compute_norm(train), channels, root, notes)
 
 
+def evaluation_samples(
+    data: str | None,
+    images: str | None,
+    masks: str | None,
+    class_map: ClassMap,
+    channels: int,
+    scale: float,
+    resize_to_mask: bool = False,
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> tuple[list[Sample], str]:
+    """Samples to score a trained model on, with its class map: every unknown mask value reported at once."""
+    check = check_folder(data, images, masks, resize_to_mask, cache, cache_dir)
+    problems = check.problems + unknown_values(check.scan, class_map)
+    if problems:
+        raise DataError(problems, hint=doctor_hint(data))
+    return decoded_samples(check, class_map, channels, scale, resize_to_mask), str(check.root)
+
+
 def class_frequencies(samples: list[Sample], num_classes: int) -> np.ndarray:
-    """Share of labelled pixels per class."""
+    """Share of labelled pixels per class (from the decoded cache's counts when it kept them)."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for sample in samples:
-        counts += np.bincount(sample.mask.ravel(), minlength=256)[:num_classes]
+        if sample.class_counts is not None:
+            counts += sample.class_counts[:num_classes]
+        else:
+            counts += np.bincount(sample.mask.ravel(), minlength=256)[:num_classes]
     return counts / max(counts.sum(), 1)

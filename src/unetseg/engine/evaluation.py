@@ -31,6 +31,7 @@ def evaluate(
     channels_last: bool = True,
     threshold: float = 0.5,
     dist_info: DistInfo | None = None,
+    batches: list[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None,
     boundary: bool = False,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
@@ -38,7 +39,8 @@ def evaluate(
     Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), per-image
     scores (in the order of ``samples``) and the rest of :func:`unetseg.metrics.summarize`. All integer
     accumulation stays on the device until the end (one host sync per evaluation). Under DDP each rank scores
-    every world-th image and the integer counts are summed: no image twice, none lost. ``boundary`` adds
+    every world-th image and the integer counts are summed: no image twice, none lost. ``batches`` (from
+    :func:`device_batches`) replaces ``samples`` with batches already resident on the device. ``boundary`` adds
     per-image HD95 and ASD (``boundary``: ``(N, K, 2)``), computed on the host, which costs a copy of each
     batch's prediction.
     """
@@ -48,7 +50,7 @@ def evaluate(
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     counts, names, distances = [], [], []
-    for images, masks, batch_names in eval_batches(samples, batch_size):
+    for images, masks, batch_names in batches if batches is not None else eval_batches(samples, batch_size):
         x = normalize(images, norm, device, channels_last)
         target = masks.to(device, non_blocking=True)
         with autocast(device, dtype):
@@ -60,7 +62,7 @@ def evaluate(
         if boundary:
             from unetseg.boundary import boundary_scores
 
-            distances.append(boundary_scores(pred.cpu().numpy(), masks.numpy(), num_classes))  # CPU-GPU sync
+            distances.append(boundary_scores(pred.cpu().numpy(), masks.cpu().numpy(), num_classes))  # CPU-GPU sync
     model.train(was_training)
     all_reduce_sum(cm, info)
     names = gather_lists(names, info)
@@ -92,3 +94,18 @@ def _input_order(samples: list[Sample], names: list[str]) -> list[int]:
     for i, name in enumerate(names):
         slots.setdefault(name, []).append(i)
     return [slots[s.name].pop(0) for s in samples]
+
+
+def device_batches(
+    samples: list[Sample], batch_size: int, device: torch.device, info: DistInfo | None = None, share: float = 0.2
+) -> list | None:
+    """This rank's validation batches, copied to the GPU once (as uint8) when they take under ``share`` of its free
+    memory: later rounds then cost only the forward passes. None on the CPU or when they do not fit."""
+    if device.type != "cuda":
+        return None
+    info = info or DistInfo()
+    mine = samples[info.rank :: info.world]
+    need = sum(s.image.nbytes + s.mask.nbytes for s in mine)
+    if need > share * torch.cuda.mem_get_info(device)[0]:
+        return None
+    return [(x.to(device), y.to(device), names) for x, y, names in eval_batches(mine, batch_size)]

@@ -63,6 +63,7 @@ class Run:
     last_val_step: int = -1  # step of the last validation round
     augment: AugmentSpec | None = None  # the --augment preset
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
     compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
 
     def elapsed(self) -> float:

@@ -21,12 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.prepare import Dataset, class_frequencies, prepare
+from unetseg.data.prepare import Dataset, class_frequencies, data_options, prepare
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
 from unetseg.engine.ema import EMA
-from unetseg.engine.evaluation import evaluate
+from unetseg.engine.evaluation import device_batches, evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
 from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.engine.report import gallery, report_round, summary
@@ -123,6 +123,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
         cfg.seed,
         cfg.workers,
         fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
+        **data_options(cfg),
     )
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
@@ -270,6 +271,8 @@ def validate(run: Run) -> dict:
     cfg, state = run.cfg, run.state
     started = time.monotonic()
     with run.ema.applied(run.model) if run.ema else contextlib.nullcontext():
+        if run.val_batches is None and run.device.type == "cuda":
+            run.val_batches = device_batches(run.data.val, cfg.val_batch_size, run.device, run.dist) or []
         result = evaluate(
             run.model,
             run.data.val,
@@ -280,6 +283,7 @@ def validate(run: Run) -> dict:
             cfg.val_batch_size,
             cfg.channels_last,
             dist_info=run.dist,
+            batches=run.val_batches or None,
         )
         score = result["dice_fg"]
         run.schedule.observe(score)

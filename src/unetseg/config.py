@@ -15,6 +15,8 @@ import yaml
 
 from unetseg.errors import UserError
 
+LOG_FORMATS = ("text", "json")
+
 
 def option(default: Any, help: str, *flags: str, choices: tuple | None = None) -> Any:
     """A dataclass field that the CLI turns into ``--name`` (plus ``flags``)."""
@@ -97,7 +99,14 @@ class TrainConfig(DataConfig):
     max_steps: int | None = option(None, "stop after this many optimizer steps")
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
-    logger: str = option("csv", "loggers, comma-separated (csv is always on)")
+    logger: str = option(
+        "csv",
+        "loggers, comma-separated: csv (metrics.csv, train.log, plots/; always on), tensorboard, wandb "
+        "(offline unless you are logged in)",
+    )
+    log_format: str = option(
+        "text", "console output: text, or json (one JSON object per line on stdout, for scripts)", choices=LOG_FORMATS
+    )
     max_bad_steps: int = option(20, "stop after this many consecutive steps with a non-finite loss or gradient")
     deterministic: bool = option(False, "deterministic kernels on GPU (slower); CPU runs are repeatable anyway")
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")

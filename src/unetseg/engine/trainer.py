@@ -107,7 +107,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     run_dir = make_run_dir(cfg, resume is not None, info.is_main)
-    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger)
+    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger, cfg.log_format)
     if info.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     seed_everything(cfg.seed, cfg.deterministic, device)
@@ -154,6 +154,10 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
     """
     cfg, state = run.cfg, run.state
+    if state.batch % cfg.accumulate == 0:
+        # Cleared here, not after the step: the last step's gradients stay readable for the histograms that
+        # loggers draw at validation rounds, at no cost (they are freed before this forward, as before).
+        run.optimizer.zero_grad(set_to_none=True)
     x = normalize(images, run.data.norm, run.device, cfg.channels_last)
     y = masks.to(run.device, non_blocking=True).long()
     if cfg.augment != "none":
@@ -178,7 +182,6 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         run.scaler.update()
     elif not bad.item():  # host sync; only on the CPU path, where it costs nothing
         run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
     if run.ema:
         run.ema.update(run.model)
     state.step += 1
@@ -291,7 +294,7 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
         initial=state.batch * batches.global_batch,
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
         unit="img",
-        disable=run.log.quiet,
+        disable=not run.log.bars,
         leave=False,
     )
     for images, masks in batches.epoch(state.epoch, state.batch):
@@ -366,19 +369,27 @@ def finish(run: Run, reason: str, code: int) -> dict:
     best = run.dir / "checkpoints" / "best.pt"
     log = run.log
     if code in (130, 143):
-        log.warn(f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}")
-        log.warn(f"resume with: unetseg train --resume {run.dir}")
-    elif code:
-        log.warn(reason)
-    else:
-        log.info(
-            f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
-            f"{run.state.elapsed:.0f} s"
+        log.error(
+            f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
+            f"resume with: unetseg train --resume {run.dir}"
         )
+    elif code:
+        log.error(reason)
     if run.state.skipped_steps:
         log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
-    log.info(f"  best model  {best}")
-    log.info(f"  predict     unetseg predict -m {best} -i IMAGES -o OUT")
+    lines = [
+        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
+        f"{run.state.elapsed:.0f} s",
+        f"  best model  {best}",
+        f"  predict     unetseg predict -m {best} -i IMAGES -o OUT",
+    ]
+    log.event(
+        "done",
+        lines[0 if code == 0 else 1 :],
+        {"reason": reason, "exit_code": code, "best_dice_fg": run.state.best, "best_step": run.state.best_step}
+        | {"best_checkpoint": str(best), "steps": run.state.step, "elapsed_s": run.state.elapsed}
+        | {"predict": f"unetseg predict -m {best} -i IMAGES -o OUT"},
+    )
     log.close()
     distributed.cleanup(run.dist)
     return {

@@ -5,8 +5,13 @@ Trains the same small U-Net on the same synthetic data once per logger set (in-p
 
 - step time: seconds in the epoch loop (steps, validation rounds and all their logging; start-up and the final
   W&B upload wait are left out) per optimizer step, the best of the repeats (least disturbed by other load);
-- overhead: that step time against loggers off (no metrics.csv, no plots, nothing at all);
-- logger time: seconds spent inside ``RunLog.scalars`` (per step) and ``RunLog.validation`` (per round).
+- end to end vs off: that step time against loggers off (no metrics.csv, no plots, nothing at all); on a shared
+  machine this difference is mostly noise;
+- logging time, measured inside the same runs (steadier): ``RunLog.scalars`` per step (the part paid at
+  ``--log-every``), per validation round ``RunLog.validation`` plus the prediction panels the trainer makes for
+  it, and all of it as a share of the epoch loop's time.
+
+A warm-up run, left out of the table, takes the first-run costs (imports, kernel set-up).
 
     python benchmarks/bench_logging.py                  # CPU, width 16, 64x64 images
     python benchmarks/bench_logging.py --device cuda --width 32 --size 256
@@ -85,6 +90,7 @@ class Timers:
         self.wrap(trainer, "run_epochs")
         self.wrap(loggers.RunLog, "scalars")
         self.wrap(loggers.RunLog, "validation")
+        self.wrap(trainer, "gallery")  # prediction panels: made every round for TensorBoard and W&B
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,11 +125,13 @@ def train_once(data: Path, out: Path, logger: str | None, args: argparse.Namespa
             result = trainer.fit(cfg)
     finally:
         trainer.RunLog = real_runlog
-    steps = result["steps"]
+    steps, seconds = result["steps"], timers.seconds
+    logging = seconds["scalars"] + seconds["validation"] + seconds["gallery"]
     return {
-        "step_s": timers.seconds["run_epochs"] / steps,
-        "scalars_ms": 1e3 * timers.seconds["scalars"] / steps,
-        "round_ms": 1e3 * timers.seconds["validation"] / max(timers.calls["validation"], 1),
+        "step_s": seconds["run_epochs"] / steps,
+        "scalars_ms": 1e3 * seconds["scalars"] / steps,
+        "round_ms": 1e3 * (seconds["validation"] + seconds["gallery"]) / max(timers.calls["validation"], 1),
+        "share": logging / seconds["run_epochs"],
         "rounds": timers.calls["validation"],
         "steps": steps,
     }
@@ -163,6 +171,7 @@ def main() -> None:
         for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
             os.environ[name] = str(root / name.lower())
         data = make_data(root / "data", args.count, args.size)
+        train_once(data, root / "warm-up", None, args)  # first-run costs (imports, kernel set-up) out of the table
         results: dict[str, list[dict]] = defaultdict(list)
         names = args.sets
         for repeat in range(args.repeats):
@@ -176,21 +185,25 @@ def print_table(results: dict[str, list[dict]], args: argparse.Namespace) -> Non
     first = results["off"][0]
     print(
         f"device {args.device}, U-Net width {args.width}, {args.size}x{args.size} images, batch {args.batch}, "
-        f"{first['steps']} steps, {first['rounds']} validation rounds, --log-every 10, best of {args.repeats}, "
+        f"{first['steps']} steps, {first['rounds']} validation rounds, --log-every 10, {args.repeats} repeat(s), "
         f"{torch.get_num_threads()} CPU thread(s)"
     )
     print()
     print(
-        "| loggers | step time (ms) | overhead vs off | RunLog.scalars per step (ms) "
-        "| RunLog.validation per round (ms) |"
+        "| loggers | step time (ms, best) | end to end vs off | RunLog.scalars per step (ms) "
+        "| logging per validation round (ms) | all logging, share of step time |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     base = min(r["step_s"] for r in results["off"])
     for name, runs in results.items():
         step = min(r["step_s"] for r in runs)
         scalars = statistics.median(r["scalars_ms"] for r in runs)
         round_ms = statistics.median(r["round_ms"] for r in runs)
-        print(f"| {name} | {1e3 * step:.1f} | {100 * (step / base - 1):+.1f}% | {scalars:.3f} | {round_ms:.1f} |")
+        share = statistics.median(r["share"] for r in runs)
+        print(
+            f"| {name} | {1e3 * step:.1f} | {100 * (step / base - 1):+.1f}% | {scalars:.3f} | {round_ms:.1f} "
+            f"| {100 * share:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

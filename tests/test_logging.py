@@ -270,3 +270,15 @@ def test_logging_benchmark_smoke():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| off |") or "+wandb |" in line]
     assert len(rows) == 2 and "+0.0%" in rows[0]
+
+
+def test_a_failing_plot_is_reported_and_the_log_still_closes(tmp_path, monkeypatch):
+    def broken(*args):
+        raise ValueError("bad plot")
+
+    monkeypatch.setattr(plots, "save_curves", broken)
+    log = RunLog(tmp_path, quiet=True)
+    log.validation(1, {"step": 1, "dice_fg": 0.5}, torch.nn.Linear(1, 1), None, False)
+    with pytest.raises(ValueError, match="bad plot"):
+        log.close()
+    assert log.log_file is None and (tmp_path / "metrics.csv").is_file()

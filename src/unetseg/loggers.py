@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -55,11 +56,14 @@ class RunLog:
         self.class_map: object | None = None
         self.backends: list = []
         self.resumed_at: int | None = None
+        # Plots are drawn on one background thread: PNG encoding releases the GIL, so it overlaps training.
+        self.painter: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
 
     @property
     def wants_images(self) -> bool:
-        """True when a backend shows prediction panels at every validation round."""
-        return bool(self.requested)
+        """True when a backend shows prediction panels at every validation round (never on other ranks)."""
+        return bool(self.requested and self.run_dir)
 
     def describe(self) -> str:
         """The loggers in use, for the start-up summary, e.g. ``csv, tensorboard, wandb (offline)``."""
@@ -148,14 +152,27 @@ class RunLog:
             self.event("validation", [message], row | {"improved": improved})
         self.metrics(row)
         if self.run_dir:
-            plots.save_curves(self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
+            self._paint(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
             if improved and panels:
                 title = f"step {step}: best validation dice_fg {row.get('dice_fg', math.nan):.4f}"
-                plots.save_gallery(self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
+                self._paint(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
         if self.backends:
             hists = trackers.histograms(model)
             views = plots.panel_views(panels or [], plots.class_colors(self.class_map))
             self._each("validation", step, row, hists, views)
+
+    def _paint(self, draw: object, *args: object) -> None:
+        """Run a plot function on the painter thread; errors of earlier plots surface here, in order."""
+        self._collect(wait=False)
+        if self.painter is None:
+            self.painter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-plots")
+        self.pending.append(self.painter.submit(draw, *args))
+
+    def _collect(self, wait: bool) -> None:
+        """Drop finished plot jobs, re-raising any error (all of them when ``wait``)."""
+        for job in [j for j in self.pending if wait or j.done()]:
+            self.pending.remove(job)
+            job.result()
 
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.csv; the header comes from the first row (a resumed run keeps it)."""
@@ -180,7 +197,7 @@ class RunLog:
             return list(csv.DictReader(handle))
 
     def truncate_after(self, step: int) -> None:
-        """Drop metrics.csv rows (and, once opened, TensorBoard events) after ``step``: a resumed run redoes them."""
+        """Drop metrics.csv rows after ``step``, which a resumed run redoes (TensorBoard purges them when it opens)."""
         self.resumed_at = step
         if not (self.csv_path and self.csv_path.exists()):
             return
@@ -194,12 +211,18 @@ class RunLog:
             csv.writer(handle).writerows(kept)
 
     def close(self) -> None:
-        """Flush and close the backends (W&B's upload wait is bounded) and train.log."""
-        self._each("close")
-        self.backends = []
-        if self.log_file:
-            self.log_file.close()
-            self.log_file = None
+        """Finish the plots, flush and close the backends (W&B's upload wait is bounded) and train.log."""
+        try:
+            self._collect(wait=True)
+        finally:
+            if self.painter:
+                self.painter.shutdown()
+                self.painter = None
+            self._each("close")
+            self.backends = []
+            if self.log_file:
+                self.log_file.close()
+                self.log_file = None
 
 
 def json_line(event: str, fields: dict) -> str:

@@ -107,6 +107,30 @@ def report_round(run: Run, row: dict) -> None:
     run.log.validation(row["step"], row, run.model, panels, improved, message=line)
 
 
+def report_end(run: Run, reason: str, code: int, best: Path) -> None:
+    """The final summary: best score, its checkpoint and the command to predict with it; failures as errors."""
+    log = run.log
+    if code in (130, 143):
+        log.error(
+            f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
+            f"resume with: unetseg train --resume {run.dir}"
+        )
+    elif code:
+        log.error(reason)
+    if run.state.skipped_steps:
+        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
+    predict = f"unetseg predict -m {best} -i IMAGES -o OUT"
+    lines = [
+        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
+        f"{run.state.elapsed:.0f} s",
+        f"  best model  {best}",
+        f"  predict     {predict}",
+    ]
+    fields = {"reason": reason, "exit_code": code, "best_dice_fg": run.state.best, "best_step": run.state.best_step}
+    fields |= {"best_checkpoint": str(best), "predict": predict, "steps": run.state.step}
+    log.event("done", lines if code == 0 else lines[1:], fields | {"elapsed_s": run.state.elapsed})
+
+
 @torch.inference_mode()
 def gallery(run: Run) -> list[dict]:
     """Image, truth and prediction for the first validation images (the same ones every round)."""

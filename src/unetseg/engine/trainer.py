@@ -29,7 +29,7 @@ from unetseg.engine.ema import EMA
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
 from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
-from unetseg.engine.report import gallery, report_round, summary
+from unetseg.engine.report import gallery, report_end, report_round, summary
 from unetseg.engine.signals import StopSignal
 from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
@@ -367,30 +367,8 @@ def finish(run: Run, reason: str, code: int) -> dict:
     """Final summary lines, and what the caller needs."""
     run.state.elapsed = run.elapsed()
     best = run.dir / "checkpoints" / "best.pt"
-    log = run.log
-    if code in (130, 143):
-        log.error(
-            f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
-            f"resume with: unetseg train --resume {run.dir}"
-        )
-    elif code:
-        log.error(reason)
-    if run.state.skipped_steps:
-        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
-    lines = [
-        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
-        f"{run.state.elapsed:.0f} s",
-        f"  best model  {best}",
-        f"  predict     unetseg predict -m {best} -i IMAGES -o OUT",
-    ]
-    log.event(
-        "done",
-        lines[0 if code == 0 else 1 :],
-        {"reason": reason, "exit_code": code, "best_dice_fg": run.state.best, "best_step": run.state.best_step}
-        | {"best_checkpoint": str(best), "steps": run.state.step, "elapsed_s": run.state.elapsed}
-        | {"predict": f"unetseg predict -m {best} -i IMAGES -o OUT"},
-    )
-    log.close()
+    report_end(run, reason, code, best)
+    run.log.close()
     distributed.cleanup(run.dist)
     return {
         "best_dice_fg": run.state.best,

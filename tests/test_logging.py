@@ -282,3 +282,24 @@ def test_a_failing_plot_is_reported_and_the_log_still_closes(tmp_path, monkeypat
     with pytest.raises(ValueError, match="bad plot"):
         log.close()
     assert log.log_file is None and (tmp_path / "metrics.csv").is_file()
+
+
+def test_a_failing_backend_is_dropped_with_a_warning(tmp_path):
+    class Broken:
+        name = "Flaky"
+        closed = False
+
+        def scalars(self, step, values):
+            raise OSError("disk full")
+
+        def close(self):
+            self.closed = True
+
+    log = RunLog(tmp_path, quiet=True)
+    broken = Broken()
+    log.backends.append(broken)
+    log.scalars(1, {"train_loss": 0.5})
+    log.scalars(2, {"train_loss": 0.4})  # the backend is gone: nothing raises
+    log.close()
+    assert not broken.closed and log.backends == []
+    assert "Flaky logging stopped (OSError: disk full)" in (tmp_path / "train.log").read_text()

@@ -2,8 +2,9 @@
 TensorBoard and Weights & Biases backends (``--logger csv,tensorboard,wandb``).
 
 One ``RunLog`` fans out to all of them. Values reach it already on the host (the trainer reads the device only
-every ``--log-every`` steps), so nothing here forces a device synchronisation in the training loop. Processes
-other than rank 0 get ``run_dir=None, quiet=True``: they print nothing and write nothing.
+every ``--log-every`` steps), so nothing here forces a device synchronisation in the training loop; the slow
+parts (drawing PNGs, TensorBoard and W&B writes) run on one background thread. Processes other than rank 0 get
+``run_dir=None, quiet=True``: they print nothing and write nothing.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class RunLog:
         self.class_map: object | None = None
         self.backends: list = []
         self.resumed_at: int | None = None
-        # Plots are drawn on one background thread: PNG encoding releases the GIL, so it overlaps training.
-        self.painter: ThreadPoolExecutor | None = None
+        # Plots and backend writes run in order on one background thread: the training thread only hands them
+        # host data (PNG encoding and file I/O release the GIL, so they overlap the next steps).
+        self.worker: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
 
     @property
@@ -129,7 +131,7 @@ class RunLog:
                     self.backends.append(backend)
 
     def _each(self, method: str, *args: object) -> None:
-        """Call every backend; one that fails is dropped with a warning, and training goes on."""
+        """Call every backend (on the logging thread); one that fails is dropped with a warning, training goes on."""
         for backend in list(self.backends):
             try:
                 getattr(backend, method)(*args)
@@ -142,7 +144,8 @@ class RunLog:
         values = values | trackers.gpu_memory()
         if self.json and not self.quiet:
             print(json_line("train", {"step": step} | values), flush=True)
-        self._each("scalars", step, values)
+        if self.backends:
+            self._submit(self._each, "scalars", step, values)
 
     def validation(
         self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool, message: str = ""
@@ -152,24 +155,24 @@ class RunLog:
             self.event("validation", [message], row | {"improved": improved})
         self.metrics(row)
         if self.run_dir:
-            self._paint(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
+            self._submit(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
             if improved and panels:
                 title = f"step {step}: best validation dice_fg {row.get('dice_fg', math.nan):.4f}"
-                self._paint(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
+                self._submit(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
         if self.backends:
-            hists = trackers.histograms(model)
+            hists = trackers.histograms(model)  # now: the next step changes the weights and clears the gradients
             views = plots.panel_views(panels or [], plots.class_colors(self.class_map))
-            self._each("validation", step, row, hists, views)
+            self._submit(self._each, "validation", step, dict(row), hists, views)
 
-    def _paint(self, draw: object, *args: object) -> None:
-        """Run a plot function on the painter thread; errors of earlier plots surface here, in order."""
+    def _submit(self, job: object, *args: object) -> None:
+        """Run ``job(*args)`` on the logging thread; errors of earlier jobs surface here, in order."""
         self._collect(wait=False)
-        if self.painter is None:
-            self.painter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-plots")
-        self.pending.append(self.painter.submit(draw, *args))
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-log")
+        self.pending.append(self.worker.submit(job, *args))
 
     def _collect(self, wait: bool) -> None:
-        """Drop finished plot jobs, re-raising any error (all of them when ``wait``)."""
+        """Drop finished jobs, re-raising a plot's error (backends' own errors only warn: see ``_each``)."""
         for job in [j for j in self.pending if wait or j.done()]:
             self.pending.remove(job)
             job.result()
@@ -211,13 +214,13 @@ class RunLog:
             csv.writer(handle).writerows(kept)
 
     def close(self) -> None:
-        """Finish the plots, flush and close the backends (W&B's upload wait is bounded) and train.log."""
+        """Finish the queued plots and writes, close the backends (W&B's upload wait is bounded) and train.log."""
         try:
             self._collect(wait=True)
         finally:
-            if self.painter:
-                self.painter.shutdown()
-                self.painter = None
+            if self.worker:
+                self.worker.shutdown()
+                self.worker = None
             self._each("close")
             self.backends = []
             if self.log_file:

@@ -100,6 +100,7 @@ def histograms(model: nn.Module, bins: int = HIST_BINS) -> dict[str, Histogram]:
 
 
 def _finite_numbers(row: dict) -> dict[str, float]:
+    """The validation scores of a metrics row (not the training values logged at the same step)."""
     return {
         k: float(v)
         for k, v in row.items()
@@ -120,10 +121,12 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=10)
 
     def scalars(self, step: int, values: dict) -> None:
+        """``train/loss``, ``train/lr``, ``train/img_s`` and ``system/gpu_*``."""
         for key, value in values.items():
             self.writer.add_scalar(TRAIN_TAGS.get(key, f"system/{key}"), value, step)
 
     def validation(self, step: int, row: dict, hists: dict[str, Histogram], views: list[dict]) -> None:
+        """``val/<score>`` scalars, ``Weights/`` and ``Gradients/`` histograms, ``panels/<i>-<image>`` pictures."""
         for key, value in _finite_numbers(row).items():
             self.writer.add_scalar(f"val/{key}", value, step)
         for tag, hist in hists.items():
@@ -142,6 +145,7 @@ class TensorBoardLog:
             self.writer.add_image(f"panels/{index}-{view['name']}", view["strip"], step, dataformats="HWC")
 
     def close(self) -> None:
+        """Flush the last events to disk."""
         self.writer.close()
 
 
@@ -227,10 +231,12 @@ class WandbLog:
         return cls(run, class_names)
 
     def scalars(self, step: int, values: dict) -> None:
+        """'train loss', 'learning rate', 'img/s' (and GPU memory) against 'step'."""
         names = {"train_loss": "train loss", "lr": "learning rate", "img_s": "img/s"}
         self.run.log({names.get(k, k): v for k, v in values.items()} | {"step": step})
 
     def validation(self, step: int, row: dict, hists: dict[str, Histogram], views: list[dict]) -> None:
+        """'validation Dice' and every score, histograms, 'images' with true and predicted masks, 'masks'."""
         import wandb
 
         scores = _finite_numbers(row)
@@ -258,7 +264,8 @@ class WandbLog:
         self.run.log(entry)
 
     def close(self) -> None:
-        self.run.finish()  # bounded by finish_timeout
+        """End the run; the wait for uploads is bounded by ``finish_timeout`` (what is left stays on disk)."""
+        self.run.finish()
 
 
 def _first_line(err: Exception) -> str:

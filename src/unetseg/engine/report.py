@@ -133,14 +133,22 @@ def report_end(run: Run, reason: str, code: int, best: Path) -> None:
 
 @torch.inference_mode()
 def gallery(run: Run) -> list[dict]:
-    """Image, truth and prediction for the first validation images (the same ones every round)."""
+    """Image, truth and prediction for the first validation images (the same ones every round).
+
+    Images of one size go through the model as one batch (one forward, one device read per size).
+    """
     was_training = run.model.training
     run.model.eval()
-    panels = []
-    for sample in run.data.val[:GALLERY_SIZE]:
-        x = normalize(torch.from_numpy(np.array(sample.image))[None], run.data.norm, run.device, run.cfg.channels_last)
+    samples = run.data.val[:GALLERY_SIZE]
+    by_shape: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_shape.setdefault(np.shape(sample.image), []).append(index)
+    preds: dict[int, np.ndarray] = {}
+    for indices in by_shape.values():
+        images = torch.from_numpy(np.stack([np.asarray(samples[i].image) for i in indices]))
+        x = normalize(images, run.data.norm, run.device, run.cfg.channels_last)
         with autocast(run.device, run.dtype):
-            pred = predict_classes(run.model(x))[0].cpu().numpy().astype(np.uint8)
-        panels.append({"name": sample.name, "image": sample.image, "truth": sample.mask, "pred": pred})
+            classes = predict_classes(run.model(x)).cpu().numpy().astype(np.uint8)  # (B, H, W)
+        preds |= dict(zip(indices, classes))
     run.model.train(was_training)
-    return panels
+    return [{"name": s.name, "image": s.image, "truth": s.mask, "pred": preds[i]} for i, s in enumerate(samples)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -303,3 +304,17 @@ def test_a_failing_backend_is_dropped_with_a_warning(tmp_path):
     log.close()
     assert not broken.closed and log.backends == []
     assert "Flaky logging stopped (OSError: disk full)" in (tmp_path / "train.log").read_text()
+
+
+def test_only_rank_0_logs_under_two_processes(tmp_path, wandb_env):
+    data = make_dataset(tmp_path / "d", count=10, size=(32, 32))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "unetseg", "train", "--nproc", "2", "--data", str(data), "--out", str(run)]
+    command += [*TINY, "-b", "2", "-e", "1", "--val-rounds", "1", "--precision", "fp32", *ALL, "--quiet"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    assert len(read_rows(run)) == 1 and (run / "train.log").read_text().count("val dice_fg") == 1

@@ -19,7 +19,9 @@ from PIL import Image
 from conftest import make_dataset
 from unetseg import plots, trackers
 from unetseg.cli import main
+from unetseg.config import TrainConfig, build
 from unetseg.data.classmap import ClassMap
+from unetseg.errors import UserError
 from unetseg.loggers import RunLog
 
 TINY = ["--width", "4", "-b", "4", "--workers", "1", "--val-rounds", "2"]
@@ -158,6 +160,11 @@ def test_missing_extra_names_the_install_command(tmp_path, capsys, monkeypatch, 
     data = make_dataset(tmp_path / "d", count=4, size=(32, 32))
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--logger", f"csv,{name}"]) == 2
     assert f"pip install 'unetseg[{name}]'" in capsys.readouterr().err
+
+
+def test_log_format_from_a_config_file_is_checked():
+    with pytest.raises(UserError, match="--log-format must be one of text, json"):
+        build(TrainConfig, {"log_format": "xml"})
 
 
 def test_unknown_logger_lists_the_known_ones(tmp_path, capsys):

@@ -132,6 +132,7 @@ class TrainConfig(DataConfig):
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.log_format in LOG_FORMATS, f"--log-format must be one of {', '.join(LOG_FORMATS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -19,7 +19,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from unetseg import plots, trackers
-from unetseg.config import LOG_FORMATS
 from unetseg.errors import UserError
 
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
@@ -45,8 +44,6 @@ class RunLog:
     def __init__(
         self, run_dir: Path | None, quiet: bool = False, loggers: str = "csv", log_format: str = "text"
     ) -> None:
-        if log_format not in LOG_FORMATS:
-            raise UserError(f"--log-format {log_format}: use one of {', '.join(LOG_FORMATS)}")
         self.requested = parse_loggers(loggers)
         self.quiet = quiet
         self.json = log_format == "json"

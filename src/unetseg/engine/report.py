@@ -68,29 +68,35 @@ def summary(run: Run) -> None:
     if run.state.step:
         lines.append(f"  resumed     at epoch {run.state.epoch + 1}, step {run.state.step}, best {run.state.best:.4f}")
     lines += [f"  note        {note}" for note in data.notes]
-    fields = {
+    fields = summary_fields(run, freq, params, size_mb, hardware)
+    run.log.start(lines, fields, data.class_map, to_dict(cfg))
+
+
+def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, hardware: str) -> dict:
+    """The start-up summary as data (the ``start`` event of ``--log-format json``)."""
+    data, cfg = run.data, run.cfg
+    return {
         "run_dir": str(run.dir),
         "data": str(data.root),
         "train_images": len(data.train),
         "val_images": len(data.val),
         "channels": data.channels,
         "classes": [
-            {"name": n, "value": v, "share": f}
-            for n, v, f in zip(data.class_map.names, data.class_map.values, map(float, freq))
+            {"name": n, "value": v, "share": float(f)}
+            for n, v, f in zip(data.class_map.names, data.class_map.values, freq)
         ],
         "parameters": params,
         "model_mb": size_mb,
         "device": str(run.device),
         "hardware": hardware,
-        "processes": world,
+        "processes": run.dist.world,
         "precision": str(run.dtype).replace("torch.", ""),
         "epochs": cfg.epochs,
-        "batches_per_epoch": len(batches),
-        "global_batch": batches.global_batch,
+        "batches_per_epoch": len(run.batches),
+        "global_batch": run.batches.global_batch,
         "start_step": run.state.step,
         "notes": list(data.notes),
     }
-    run.log.start(lines, fields, data.class_map, to_dict(cfg))
 
 
 def report_round(run: Run, row: dict) -> None:

@@ -15,6 +15,8 @@ import yaml
 
 from unetseg.errors import UserError
 
+LOG_FORMATS = ("text", "json")
+
 
 def option(default: Any, help: str, *flags: str, choices: tuple | None = None, const: Any = None) -> Any:
     """A dataclass field that the CLI turns into ``--name`` (plus ``flags``).
@@ -130,7 +132,14 @@ class TrainConfig(DataConfig):
     )
     checkpointing: bool = option(False, "activation checkpointing: recompute activations in backward to save memory")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on GPU and CPU)")
-    logger: str = option("csv", "loggers, comma-separated (csv is always on)")
+    logger: str = option(
+        "csv",
+        "loggers, comma-separated: csv (metrics.csv, train.log, plots/; always on), tensorboard, wandb "
+        "(offline unless you are logged in)",
+    )
+    log_format: str = option(
+        "text", "console output: text, or json (one JSON object per line on stdout, for scripts)", choices=LOG_FORMATS
+    )
     max_bad_steps: int = option(20, "stop after this many consecutive steps with a non-finite loss or gradient")
     deterministic: bool = option(False, "deterministic kernels on GPU (slower); CPU runs are repeatable anyway")
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes under multi-GPU training")
@@ -170,6 +179,7 @@ class TrainConfig(DataConfig):
             (self.log_every >= 1, "--log-every must be at least 1"),
             (self.folds is None or self.folds >= 2, "--folds must be at least 2"),
             (self.fold is None or self.folds is not None, "--fold needs --folds K"),
+            (self.log_format in LOG_FORMATS, f"--log-format must be one of {', '.join(LOG_FORMATS)}"),
         ]
         for ok, message in checks:
             if not ok:

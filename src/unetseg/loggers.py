@@ -1,58 +1,178 @@
-"""Where a run reports: the console (and train.log), metrics.csv, and optional backends."""
+"""Where a run reports: the console (text or JSON lines) and train.log, metrics.csv, plots/, and the optional
+TensorBoard and Weights & Biases backends (``--logger csv,tensorboard,wandb``).
+
+One ``RunLog`` fans out to all of them. Values reach it already on the host (the trainer reads the device only
+every ``--log-every`` steps), so nothing here forces a device synchronisation in the training loop; the slow
+parts (drawing PNGs, TensorBoard and W&B writes) run on one background thread. Processes other than rank 0 get
+``run_dir=None, quiet=True``: they print nothing and write nothing.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from tqdm import tqdm
+
+from unetseg import plots, trackers
 from unetseg.errors import UserError
 
-KNOWN_LOGGERS = ("csv",)
+KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+def parse_loggers(loggers: str) -> list[str]:
+    """``"csv,tensorboard"`` -> the backend names; unknown names and missing packages are a UserError."""
+    names = [n for n in (s.strip().lower() for s in loggers.split(",")) if n]
+    unknown = [n for n in names if n not in KNOWN_LOGGERS]
+    if unknown:
+        raise UserError(
+            f"--logger {loggers}: unknown logger(s) {', '.join(unknown)}; known: {', '.join(KNOWN_LOGGERS)}"
+        )
+    backends = [n for n in dict.fromkeys(names) if n != "csv"]  # csv is always on
+    for name in backends:
+        trackers.require(name)  # on every rank, so that all of them stop alike
+    return backends
 
 
 class RunLog:
-    """Console lines mirrored into ``train.log``, and one ``metrics.csv`` row per validation round."""
+    """Console lines mirrored into ``train.log``, one ``metrics.csv`` row per validation round, plots and backends."""
 
-    def __init__(self, run_dir: Path | None, quiet: bool = False, loggers: str = "csv") -> None:
-        unknown = [n for n in (s.strip() for s in loggers.split(",")) if n and n not in KNOWN_LOGGERS]
-        if unknown:
-            raise UserError(
-                f"--logger {loggers}: unknown logger(s) {', '.join(unknown)}; known: {', '.join(KNOWN_LOGGERS)}"
-            )
+    def __init__(
+        self, run_dir: Path | None, quiet: bool = False, loggers: str = "csv", log_format: str = "text"
+    ) -> None:
+        self.requested = parse_loggers(loggers)
         self.quiet = quiet
+        self.json = log_format == "json"
         self.run_dir = run_dir
         self.log_file = open(run_dir / "train.log", "a") if run_dir else None  # noqa: SIM115 - closed in close()
         self.csv_path = run_dir / "metrics.csv" if run_dir else None
         self.columns: list[str] | None = None
-
-    def info(self, message: str) -> None:
-        """One console line (unless quiet), always kept in train.log."""
-        if not self.quiet:
-            print(message, file=sys.stdout, flush=True)
-        if self.log_file:
-            self.log_file.write(message + "\n")
-            self.log_file.flush()
-
-    def warn(self, message: str) -> None:
-        """A warning goes to stderr even in quiet mode."""
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-        if self.log_file:
-            self.log_file.write(f"warning: {message}\n")
-            self.log_file.flush()
+        self.class_map: object | None = None
+        self.backends: list = []
+        self.resumed_at: int | None = None
+        # Plots and backend writes run in order on one background thread: the training thread only hands them
+        # host data (PNG encoding and file I/O release the GIL, so they overlap the next steps).
+        self.worker: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
 
     @property
     def wants_images(self) -> bool:
-        """True when a backend shows prediction panels at every validation round."""
-        return False
+        """True when a backend shows prediction panels at every validation round (never on other ranks)."""
+        return bool(self.requested and self.run_dir)
+
+    def describe(self) -> str:
+        """The loggers in use, for the start-up summary, e.g. ``csv, tensorboard, wandb (offline)``."""
+        return ", ".join(["csv", *(f"wandb ({trackers.wandb_mode()})" if n == "wandb" else n for n in self.requested)])
+
+    @property
+    def bars(self) -> bool:
+        """Whether progress bars may draw: text mode, not quiet."""
+        return not (self.quiet or self.json)
+
+    def _emit(self, event: str, lines: list[str], fields: dict, stream: object = None) -> None:
+        """Lines (or one JSON object) on the console unless quiet; the lines always in train.log."""
+        if not self.quiet:
+            out = stream or sys.stdout
+            if self.json:
+                print(json_line(event, fields), file=out, flush=True)
+            else:
+                tqdm.write("\n".join(lines), file=out)  # clears and redraws a progress bar in the way
+                out.flush()
+        if self.log_file:
+            self.log_file.write("".join(line + "\n" for line in lines))
+            self.log_file.flush()
+
+    def info(self, message: str) -> None:
+        """One console line (unless quiet), always kept in train.log."""
+        self._emit("info", [message], {"message": message})
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr (unless quiet), always kept in train.log."""
+        self._emit("warning", [f"warning: {message}"], {"message": message}, sys.stderr)
+
+    def error(self, message: str) -> None:
+        """A failure of the run: on stderr even in quiet mode."""
+        if self.json:
+            print(json_line("error", {"message": message}), file=sys.stderr, flush=True)
+        else:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        if self.log_file:
+            self.log_file.write(f"error: {message}\n")
+            self.log_file.flush()
+
+    def event(self, name: str, lines: list[str], fields: dict) -> None:
+        """A block of console lines that JSON mode shows as one ``{"event": name, **fields}`` object."""
+        self._emit(name, lines, fields)
+
+    def start(self, lines: list[str], fields: dict, class_map: object, config: dict) -> None:
+        """The start-up summary; opens the backends now that the data (class names, colours) is known."""
+        self.class_map = class_map
+        if self.run_dir:
+            self._open_backends(config)
+        self.event("start", lines, fields)
+
+    def _open_backends(self, config: dict) -> None:
+        names = list(getattr(self.class_map, "names", []))
+        for name in self.requested:
+            if name == "tensorboard":
+                purge = None if self.resumed_at is None else self.resumed_at + 1
+                self.backends.append(trackers.TensorBoardLog(self.run_dir / "tensorboard", purge))
+            elif name == "wandb":
+                wandb_config = config | {"class_map": getattr(self.class_map, "to_dict", dict)()}
+                backend = trackers.WandbLog.open(self.run_dir, wandb_config, names, self.warn)
+                if backend:
+                    self.backends.append(backend)
+
+    def _each(self, method: str, *args: object) -> None:
+        """Call every backend (on the logging thread); one that fails is dropped with a warning, training goes on."""
+        for backend in list(self.backends):
+            try:
+                getattr(backend, method)(*args)
+            except Exception as err:  # a tracker's disk or network trouble must not end a training run
+                self.backends.remove(backend)
+                self.warn(f"{backend.name} logging stopped ({type(err).__name__}: {err}); training continues")
 
     def scalars(self, step: int, values: dict) -> None:
-        """Training scalars at the logging interval (loss, lr, img/s)."""
+        """Training scalars at the logging interval (loss, lr, img/s, GPU memory); one JSON line in JSON mode."""
+        values = values | trackers.gpu_memory()
+        if self.json and not self.quiet:
+            print(json_line("train", {"step": step} | values), flush=True)
+        if self.backends:
+            self._submit(self._each, "scalars", step, values)
 
-    def validation(self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool) -> None:
-        """A validation round: its metrics.csv row (and, with backends, histograms and panels)."""
+    def validation(
+        self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool, message: str = ""
+    ) -> None:
+        """A validation round: its console line, metrics.csv row, plots, and histograms and panels for backends."""
+        if message:
+            self.event("validation", [message], row | {"improved": improved})
         self.metrics(row)
+        if self.run_dir:
+            self._submit(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
+            if improved and panels:
+                title = f"step {step}: best validation dice_fg {row.get('dice_fg', math.nan):.4f}"
+                self._submit(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
+        if self.backends:
+            hists = trackers.histograms(model)  # now: the next step changes the weights and clears the gradients
+            views = plots.panel_views(panels or [], plots.class_colors(self.class_map))
+            self._submit(self._each, "validation", step, dict(row), hists, views)
+
+    def _submit(self, job: object, *args: object) -> None:
+        """Run ``job(*args)`` on the logging thread; errors of earlier jobs surface here, in order."""
+        self._collect(wait=False)
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-log")
+        self.pending.append(self.worker.submit(job, *args))
+
+    def _collect(self, wait: bool) -> None:
+        """Drop finished jobs, re-raising a plot's error (backends' own errors only warn: see ``_each``)."""
+        for job in [j for j in self.pending if wait or j.done()]:
+            self.pending.remove(job)
+            job.result()
 
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.csv; the header comes from the first row (a resumed run keeps it)."""
@@ -69,8 +189,16 @@ class RunLog:
         with open(self.csv_path, "a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(c, "")) for c in self.columns])
 
+    def rows(self) -> list[dict]:
+        """metrics.csv as dicts of strings (what the curves are drawn from, so they survive a resume)."""
+        if not (self.csv_path and self.csv_path.exists()):
+            return []
+        with open(self.csv_path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
     def truncate_after(self, step: int) -> None:
-        """Drop metrics.csv rows logged after ``step``: a resumed run redoes them."""
+        """Drop metrics.csv rows after ``step``, which a resumed run redoes (TensorBoard purges them when it opens)."""
+        self.resumed_at = step
         if not (self.csv_path and self.csv_path.exists()):
             return
         with open(self.csv_path, newline="") as handle:
@@ -83,9 +211,33 @@ class RunLog:
             csv.writer(handle).writerows(kept)
 
     def close(self) -> None:
-        if self.log_file:
-            self.log_file.close()
-            self.log_file = None
+        """Finish the queued plots and writes, close the backends (W&B's upload wait is bounded) and train.log."""
+        try:
+            self._collect(wait=True)
+        finally:
+            if self.worker:
+                self.worker.shutdown()
+                self.worker = None
+            self._each("close")
+            self.backends = []
+            if self.log_file:
+                self.log_file.close()
+                self.log_file = None
+
+
+def json_line(event: str, fields: dict) -> str:
+    """One JSON object; NaN and infinities become null (JSON has no such numbers)."""
+    return json.dumps({"event": event, **{k: _plain(v) for k, v in fields.items()}}, default=str)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _fmt(value: object) -> object:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import platform
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from unetseg.config import to_dict
 from unetseg.data.prepare import class_frequencies
 from unetseg.engine.precision import autocast, normalize
 from unetseg.engine.state import Run
@@ -15,25 +19,41 @@ from unetseg.metrics import predict_classes
 GALLERY_SIZE = 4  # validation images shown in panels and the prediction gallery
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware behind ``device``: GPU model and memory, or CPU model and threads."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    if device.type == "cpu":
+        model = ""
+        with contextlib.suppress(OSError):
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+            model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        return f"{model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return device.type
+
+
 def summary(run: Run) -> None:
-    """The start-up summary of the settings, like Pytorch-UNet's."""
+    """The start-up summary of the settings, like Pytorch-UNet's; opens the run's loggers."""
     cfg, data, batches = run.cfg, run.data, run.batches
     freq = class_frequencies(data.train, data.class_map.num_classes)
     classes = ", ".join(
         f"{n} (value {v}, {100 * f:.1f}%)" for n, v, f in zip(data.class_map.names, data.class_map.values, freq)
     )
     params = sum(p.numel() for p in run.model.parameters())
+    size_mb = sum(p.numel() * p.element_size() for p in run.model.parameters()) / 1e6
     world = run.dist.world
     batch = f"batch {batches.batch_size}" + (f" x {world} processes = {batches.global_batch}" if world > 1 else "")
+    hardware = device_name(run.device)
     lines = [
         f"unetseg train -> {run.dir}",
         f"  data        {data.root}: {len(data.train)} train, {len(data.val)} validation images, "
         f"{data.channels} channel(s), scale {cfg.scale}",
         f"  classes     {classes}",
         f"  model       {cfg.model} width {cfg.width}{' bilinear' if cfg.bilinear else ''}, "
-        f"{params / 1e6:.2f} M parameters, {run.model.outc.conv.out_channels} output channel(s)"
+        f"{params / 1e6:.2f} M parameters ({size_mb:.1f} MB), {run.model.outc.conv.out_channels} output channel(s)"
         f"{', activation checkpointing' if cfg.checkpointing else ''}",
-        f"  device      {run.device}{f' (rank 0 of {world})' if world > 1 else ''}, precision "
+        f"  device      {run.device} ({hardware}){f', rank 0 of {world}' if world > 1 else ''}, precision "
         f"{str(run.dtype).replace('torch.', '')}{', grad scaler' if run.scaler.is_enabled() else ''}",
         f"  training    {cfg.epochs} epochs x {len(batches)} batches, {batch}"
         f"{f', {cfg.accumulate} batches per step' if cfg.accumulate > 1 else ''}, patch "
@@ -43,12 +63,40 @@ def summary(run: Run) -> None:
         f"{f', EMA {cfg.ema}' if cfg.ema else ''}",
         f"  validation  {cfg.val_rounds} round(s) per epoch; last.pt every epoch"
         f"{f' and every {cfg.save_every} steps' if cfg.save_every else ''}",
+        f"  logging     {run.log.describe()}; plots in {run.dir / 'plots'}",
     ]
     if run.state.step:
         lines.append(f"  resumed     at epoch {run.state.epoch + 1}, step {run.state.step}, best {run.state.best:.4f}")
     lines += [f"  note        {note}" for note in data.notes]
-    for line in lines:
-        run.log.info(line)
+    fields = summary_fields(run, freq, params, size_mb, hardware)
+    run.log.start(lines, fields, data.class_map, to_dict(cfg))
+
+
+def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, hardware: str) -> dict:
+    """The start-up summary as data (the ``start`` event of ``--log-format json``)."""
+    data, cfg = run.data, run.cfg
+    return {
+        "run_dir": str(run.dir),
+        "data": str(data.root),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "channels": data.channels,
+        "classes": [
+            {"name": n, "value": v, "share": float(f)}
+            for n, v, f in zip(data.class_map.names, data.class_map.values, freq)
+        ],
+        "parameters": params,
+        "model_mb": size_mb,
+        "device": str(run.device),
+        "hardware": hardware,
+        "processes": run.dist.world,
+        "precision": str(run.dtype).replace("torch.", ""),
+        "epochs": cfg.epochs,
+        "batches_per_epoch": len(run.batches),
+        "global_batch": run.batches.global_batch,
+        "start_step": run.state.step,
+        "notes": list(data.notes),
+    }
 
 
 def report_round(run: Run, row: dict) -> None:
@@ -57,24 +105,56 @@ def report_round(run: Run, row: dict) -> None:
     panels = row.pop("panels", None)
     names = run.data.class_map.names
     per_class = " ".join(f"{n}={row.get(f'dice_{n}', math.nan):.4f}" for n in names[1:])
-    run.log.info(
+    line = (
         f"step {row['step']:>6} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
         f"val dice_fg {row['dice_fg']:.4f} ({per_class})  lr {row['lr']:.2e}  "
         f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
     )
-    run.log.validation(row["step"], row, run.model, panels, improved)
+    run.log.validation(row["step"], row, run.model, panels, improved, message=line)
+
+
+def report_end(run: Run, reason: str, code: int, best: Path) -> None:
+    """The final summary: best score, its checkpoint and the command to predict with it; failures as errors."""
+    log = run.log
+    if code in (130, 143):
+        log.error(
+            f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
+            f"resume with: unetseg train --resume {run.dir}"
+        )
+    elif code:
+        log.error(reason)
+    if run.state.skipped_steps:
+        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
+    predict = f"unetseg predict -m {best} -i IMAGES -o OUT"
+    lines = [
+        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
+        f"{run.state.elapsed:.0f} s",
+        f"  best model  {best}",
+        f"  predict     {predict}",
+    ]
+    fields = {"reason": reason, "exit_code": code, "best_dice_fg": run.state.best, "best_step": run.state.best_step}
+    fields |= {"best_checkpoint": str(best), "predict": predict, "steps": run.state.step}
+    log.event("done", lines if code == 0 else lines[1:], fields | {"elapsed_s": run.state.elapsed})
 
 
 @torch.inference_mode()
 def gallery(run: Run) -> list[dict]:
-    """Image, truth and prediction for the first validation images (the same ones every round)."""
+    """Image, truth and prediction for the first validation images (the same ones every round).
+
+    Images of one size go through the model as one batch (one forward, one device read per size).
+    """
     was_training = run.model.training
     run.model.eval()
-    panels = []
-    for sample in run.data.val[:GALLERY_SIZE]:
-        x = normalize(torch.from_numpy(np.array(sample.image))[None], run.data.norm, run.device, run.cfg.channels_last)
+    samples = run.data.val[:GALLERY_SIZE]
+    by_shape: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_shape.setdefault(np.shape(sample.image), []).append(index)
+    preds: dict[int, np.ndarray] = {}
+    for indices in by_shape.values():
+        images = torch.from_numpy(np.stack([np.asarray(samples[i].image) for i in indices]))
+        x = normalize(images, run.data.norm, run.device, run.cfg.channels_last)
         with autocast(run.device, run.dtype):
-            pred = predict_classes(run.model(x))[0].cpu().numpy().astype(np.uint8)
-        panels.append({"name": sample.name, "image": sample.image, "truth": sample.mask, "pred": pred})
+            classes = predict_classes(run.model(x)).cpu().numpy().astype(np.uint8)  # (B, H, W)
+        preds |= dict(zip(indices, classes))
     run.model.train(was_training)
-    return panels
+    return [{"name": s.name, "image": s.image, "truth": s.mask, "pred": preds[i]} for i, s in enumerate(samples)]

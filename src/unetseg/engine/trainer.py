@@ -29,7 +29,7 @@ from unetseg.engine.ema import EMA
 from unetseg.engine.evaluation import device_batches, evaluate
 from unetseg.engine.optim import Schedule, build_optimizer
 from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
-from unetseg.engine.report import gallery, report_round, summary
+from unetseg.engine.report import gallery, report_end, report_round, summary
 from unetseg.engine.signals import StopSignal
 from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
@@ -107,7 +107,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     run_dir = make_run_dir(cfg, resume is not None, info.is_main)
-    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger)
+    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger, cfg.log_format)
     if info.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     seed_everything(cfg.seed, cfg.deterministic, device)
@@ -182,6 +182,10 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
     """
     cfg, state = run.cfg, run.state
+    if state.batch % cfg.accumulate == 0:
+        # Cleared here, not after the step: the last step's gradients stay readable for the histograms that
+        # loggers draw at validation rounds, at no cost (they are freed before this forward, as before).
+        run.optimizer.zero_grad(set_to_none=True)
     x = to_unit(images, run.data.norm, run.device)
     y = masks.to(run.device, non_blocking=True).long()
     if run.augment is not None:
@@ -207,7 +211,6 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         run.scaler.update()
     elif not bad.item():  # host sync; only on the CPU path, where it costs nothing
         run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
     if run.ema:
         run.ema.update(run.model)
     state.step += 1
@@ -341,7 +344,7 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
         initial=state.batch * batches.global_batch,
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
         unit="img",
-        disable=run.log.quiet,
+        disable=not run.log.bars,
         leave=False,
     )
     source = batches.epoch(state.epoch, state.batch)
@@ -422,22 +425,8 @@ def finish(run: Run, reason: str, code: int) -> dict:
     """Final summary lines, and what the caller needs."""
     run.state.elapsed = run.elapsed()
     best = run.dir / "checkpoints" / "best.pt"
-    log = run.log
-    if code in (130, 143):
-        log.warn(f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}")
-        log.warn(f"resume with: unetseg train --resume {run.dir}")
-    elif code:
-        log.warn(reason)
-    else:
-        log.info(
-            f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
-            f"{run.state.elapsed:.0f} s"
-        )
-    if run.state.skipped_steps:
-        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
-    log.info(f"  best model  {best}")
-    log.info(f"  predict     unetseg predict -m {best} -i IMAGES -o OUT")
-    log.close()
+    report_end(run, reason, code, best)
+    run.log.close()
     distributed.cleanup(run.dist)
     return {
         "best_dice_fg": run.state.best,

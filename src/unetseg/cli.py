@@ -14,7 +14,14 @@ from unetseg.errors import UserError
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly: a width-32
 # U-Net on 256 x 256 crops for six minutes (the cosine schedule follows the clock), which ends above 0.85
 # foreground Dice on 2 CPU cores (README); one validation round per epoch, as epochs are short here.
-SAMPLE_PRESET = {"width": 32, "epochs": 100000, "time_budget": "6m", "batch_size": 8, "patch_size": 256, "val_rounds": 1}
+SAMPLE_PRESET = {
+    "width": 32,
+    "epochs": 100000,
+    "time_budget": "6m",
+    "batch_size": 8,
+    "patch_size": 256,
+    "val_rounds": 1,
+}
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -55,7 +55,8 @@ def summary(run: Run) -> None:
         f"{', activation checkpointing' if cfg.checkpointing else ''}",
         f"  device      {run.device} ({hardware}){f', rank 0 of {world}' if world > 1 else ''}, precision "
         f"{str(run.dtype).replace('torch.', '')}{', grad scaler' if run.scaler.is_enabled() else ''}",
-        f"  training    {cfg.epochs} epochs x {len(batches)} batches, {batch}"
+        f"  training    {cfg.epochs} epochs x {len(batches)} batches"
+        f"{f' or {cfg.time_budget}, whichever ends first' if cfg.time_budget else ''}, {batch}"
         f"{f', {cfg.accumulate} batches per step' if cfg.accumulate > 1 else ''}, patch "
         f"{batches.patch[0]}x{batches.patch[1]}, augment {cfg.augment}",
         f"  optimizer   {cfg.optimizer} lr {cfg.learning_rate:g}{' (not scaled with processes)' if world > 1 else ''}"

@@ -342,7 +342,7 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
     bar = tqdm(
         total=len(batches) * batches.global_batch,
         initial=state.batch * batches.global_batch,
-        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+        desc=f"epoch {state.epoch + 1}" + ("" if cfg.time_budget else f"/{cfg.epochs}"),
         unit="img",
         disable=not run.log.bars,
         leave=False,

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from unetseg import __version__
+from unetseg.atomic import write_atomic
 from unetseg.config import ExportConfig
-from unetseg.engine.checkpoint import build_model, load_checkpoint, write_atomic
+from unetseg.engine.checkpoint import build_model, load_checkpoint
 from unetseg.engine.precision import normalize
 from unetseg.errors import UserError
 from unetseg.onnx_predict import EXPORT_FORMAT, MIN_SIZE, require

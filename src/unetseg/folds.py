@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from unetseg.config import TrainConfig
-from unetseg.data.prepare import data_options, prepare
+from unetseg.data.prepare import prepare_for
 from unetseg.engine.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
 from unetseg.engine.evaluation import evaluate
 from unetseg.engine.precision import choose_dtype, resolve_device
@@ -26,20 +26,7 @@ def fold_dir(root: Path, fold: int) -> Path:
 
 def out_of_fold(cfg: TrainConfig, root: Path, fold: int) -> dict:
     """Confusion matrix of fold ``fold``'s best model on the images it never trained on."""
-    data = prepare(
-        cfg.data,
-        cfg.images,
-        cfg.masks,
-        None,
-        cfg.classes,
-        cfg.channels,
-        cfg.scale,
-        0,
-        cfg.seed,
-        cfg.workers,
-        fold=(fold, cfg.folds),
-        **data_options(cfg),
-    )
+    data = prepare_for(cfg, fold=(fold, cfg.folds))  # --val-data is refused with --folds
     ckpt = load_checkpoint(fold_dir(root, fold) / "checkpoints" / "best.pt")
     device = resolve_device(cfg.device)
     model = build_model(ckpt).to(device)

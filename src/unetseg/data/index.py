@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetseg.atomic import write_atomic
 from unetseg.data.folder import Pair, color_keys, image_channels
 from unetseg.data.io import describe, probe_jpeg, read_bytes, read_image, read_mask
 from unetseg.errors import DataError, UserError
@@ -106,21 +107,6 @@ def cache_home(root: Path, cache_dir: str | Path | None) -> Path | None:
     if cache_dir:
         raise UserError(f"--cache-dir {cache_dir}: cannot write there; pass a writable folder")
     return None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that readers see the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is as readable as the dataset
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FileIndex:

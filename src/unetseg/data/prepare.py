@@ -40,6 +40,24 @@ def data_options(cfg: object) -> dict:
     return {name: getattr(cfg, name) for name in names}
 
 
+def prepare_for(cfg: object, validation: float | None = None, fold: tuple[int, int] | None = None) -> Dataset:
+    """:func:`prepare` with every data option taken from a training config (``validation`` overrides its split)."""
+    return prepare(
+        cfg.data,
+        cfg.images,
+        cfg.masks,
+        cfg.val_data,
+        cfg.classes,
+        cfg.channels,
+        cfg.scale,
+        cfg.validation if validation is None else validation,
+        cfg.seed,
+        cfg.workers,
+        fold=fold,
+        **data_options(cfg),
+    )
+
+
 def doctor_hint(data: str | None) -> str:
     return f"`unetseg doctor --data {data or 'DIR'}` reports on the whole dataset"
 

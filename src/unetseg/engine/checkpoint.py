@@ -7,17 +7,14 @@ plus ``mask_values``) are read too and converted to the same shape.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 from torch import nn
 
+from unetseg.atomic import write_atomic
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
 from unetseg.models import create_model, model_spec
@@ -33,27 +30,6 @@ def save_atomic(obj: object, path: str | Path) -> None:
     A crash at any moment leaves either the old file or the new one, never a partial file.
     """
     write_atomic(path, lambda handle: torch.save(obj, handle))
-
-
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(handle)`` on a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def read_file(path: str | Path) -> object:

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
-from unetseg.data.prepare import Dataset, class_frequencies, data_options, prepare
+from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.engine import distributed
 from unetseg.engine.checkpoint import load_checkpoint, load_weights
@@ -111,20 +111,7 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if info.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     seed_everything(cfg.seed, cfg.deterministic, device)
-    data = prepare(
-        cfg.data,
-        cfg.images,
-        cfg.masks,
-        cfg.val_data,
-        cfg.classes,
-        cfg.channels,
-        cfg.scale,
-        cfg.validation,
-        cfg.seed,
-        cfg.workers,
-        fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None,
-        **data_options(cfg),
-    )
+    data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
     model = build_model(cfg, data, device, info)

@@ -133,3 +133,27 @@ def test_nproc_starts_torchrun_for_the_user(tmp_path):
     assert result.returncode == 0, result.stderr[:3000]
     assert "--nproc_per_node=2" in result.stderr
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["step"] == 4
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process_and_back(tmp_path):
+    data = make_dataset(tmp_path / "d", count=10, size=(32, 32))
+    run = tmp_path / "run"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "unetseg", "train"]
+    args = ["--data", str(data), "-b", "2", "--width", "4", "--workers", "1", "--quiet", "--no-save-epochs"]
+    first = subprocess.run(
+        [*launch, "--nproc", "2", *args, "--out", str(run), "-e", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert first.returncode == 0, first.stderr[:3000]
+    assert main(["train", "--resume", str(run), "-e", "2", "--quiet"]) == 0  # 2 processes -> 1
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]
+    assert (state["epoch"], state["step"]) == (2, 2 + 4)  # 2 steps at global batch 4, then 4 at batch 2
+    again = subprocess.run(
+        [*launch, "--nproc", "2", "--resume", str(run), "-e", "3"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert again.returncode == 0, again.stderr[:3000]  # 1 process -> 2
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["epoch"] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -82,3 +83,20 @@ def test_ensemble_checkpoint_round_trip(tmp_path):
     assert main(["train", "--data", str(root), "--folds", "2", "--out", str(out), *TINY]) == 0
     model = build_model(load_checkpoint(out / "ensemble.pt"))
     assert isinstance(model, Ensemble) and len(model.members) == 2
+
+
+def test_ensemble_exports_to_onnx_with_the_same_masks(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    root = make_dataset(tmp_path / "d", count=6, size=(32, 32))
+    out = tmp_path / "cv"
+    assert main(["train", "--data", str(root), "--folds", "2", "--out", str(out), *TINY]) == 0
+    onnx_file = tmp_path / "ensemble.onnx"
+    assert main(["export", "-m", str(out / "ensemble.pt"), "--format", "onnx", "-o", str(onnx_file)]) == 0
+    image = np.asarray(Image.open(root / "imgs" / "img000.png"))
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: image[None, :, :, None]})[0]
+    ckpt = load_checkpoint(out / "ensemble.pt")
+    with torch.no_grad():
+        x = (torch.from_numpy(image).float()[None, None] / 255 - ckpt["norm"]["mean"][0]) / ckpt["norm"]["std"][0]
+        expected = build_model(ckpt)(x).numpy()
+    assert np.abs(logits - expected).max() < 1e-4

@@ -97,6 +97,9 @@ def train_command(values: dict) -> int:
         values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
     cfg = build(TrainConfig, values)
     if cfg.nproc and "WORLD_SIZE" not in os.environ:
+        from unetseg.data.folder import find_folders
+
+        find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
         return launch_torchrun(cfg.nproc, argv_without_nproc())
     if cfg.plan:
         cfg = apply_plan(cfg, values)
@@ -242,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         return 1
+    finally:
+        if command == "train" and "torch.distributed" in sys.modules:
+            from unetseg.engine.distributed import cleanup
+
+            cleanup()
 
 
 if __name__ == "__main__":

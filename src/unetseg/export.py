@@ -64,7 +64,8 @@ class Deployable(nn.Module):
 def export_info(ckpt: dict, input_dtype: str, with_argmax: bool) -> dict:
     """What a runtime needs besides the graph: class map, channels, normalisation, scale, model, tensor contract."""
     channels = int(ckpt["channels"])
-    classes = int(ckpt["model"]["n_classes"])
+    spec = ckpt["model"]
+    classes = int(spec["n_classes"] if "n_classes" in spec else spec["members"][0]["n_classes"])  # an ensemble
     norm = ckpt["norm"]
     activation = "sigmoid" if classes == 1 else "softmax"
     logits = {"name": "logits", "shape": ["batch", classes, "height", "width"], "dtype": "float32"}

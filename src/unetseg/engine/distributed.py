@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,19 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+@contextlib.contextmanager
+def main_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the block first, the other ranks after it (e.g. building a cache that they then read)."""
+    if info.enabled and not info.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if info.enabled and info.is_main:
+            dist.barrier()
+
+
+def cleanup(info: DistInfo | None = None) -> None:
+    """Leave the process group (also on error paths: a live group at exit aborts the process)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

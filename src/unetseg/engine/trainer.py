@@ -111,7 +111,8 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if info.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     seed_everything(cfg.seed, cfg.deterministic, device)
-    data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
+    with distributed.main_first(info):  # one process scans and builds the data cache; the others then read it
+        data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
     model = build_model(cfg, data, device, info)

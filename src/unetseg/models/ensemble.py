@@ -31,6 +31,10 @@ class Ensemble(nn.Module):
     def n_channels(self) -> int:
         return self.members[0].n_channels
 
+    @property
+    def n_classes(self) -> int:
+        return self.members[0].n_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         for i, member in enumerate(self.members):

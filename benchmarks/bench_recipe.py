@@ -51,27 +51,20 @@ def make_multiclass(root: Path, count: int, size: int, seed: int = 0) -> Path:
     return root
 
 
-def cross_validation(data: Path, out: Path, folds: int, minutes: float, extra: list[str]) -> dict:
-    started = time.monotonic()
+def train(data: Path, out: Path, minutes: float, options: list[str]) -> None:
+    """`unetseg train` with default settings under a time budget; stops the benchmark if it fails."""
+    budget = f"{minutes * 60:.0f}s"
     code = unetseg(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--folds",
-            str(folds),
-            "--time-budget",
-            f"{minutes * 60:.0f}s",
-            "--out",
-            str(out),
-            "--quiet",
-            "-e",
-            "100000",
-            *extra,
-        ]
+        ["train", "--data", str(data), "--time-budget", budget, "--out", str(out), "--quiet", "-e", "100000", *options]
     )
     if code:
         raise SystemExit(f"training failed with exit status {code}")
+
+
+def cross_validation(data: Path, out: Path, folds: int, minutes: float, extra: list[str]) -> dict:
+    """Pooled out-of-fold scores of ``folds`` models (cv.json)."""
+    started = time.monotonic()
+    train(data, out, minutes, ["--folds", str(folds), *extra])
     report = json.loads((out / "cv.json").read_text())
     report["wall_s"] = time.monotonic() - started
     return report
@@ -80,25 +73,7 @@ def cross_validation(data: Path, out: Path, folds: int, minutes: float, extra: l
 def split_run(data: Path, val: Path, out: Path, minutes: float, extra: list[str]) -> dict:
     """Train on ``data`` validating on ``val``; score best.pt on ``val``."""
     started = time.monotonic()
-    code = unetseg(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--val-data",
-            str(val),
-            "--time-budget",
-            f"{minutes * 60:.0f}s",
-            "--out",
-            str(out),
-            "--quiet",
-            "-e",
-            "100000",
-            *extra,
-        ]
-    )
-    if code:
-        raise SystemExit(f"training failed with exit status {code}")
+    train(data, out, minutes, ["--val-data", str(val), *extra])
     scores = out / "scores.json"
     unetseg(["evaluate", "-m", str(out / "checkpoints" / "best.pt"), "--data", str(val), "--json", str(scores)])
     return {"report": json.loads(scores.read_text()), "wall_s": time.monotonic() - started}

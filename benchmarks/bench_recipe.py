@@ -6,7 +6,8 @@
 
 Protocols: the bundled nuclei sample (5 folds, foreground Dice); ../shared/data/membrane-isbi2012 (5 folds, Dice of
 the membrane class, mask value 0; skipped when absent); synthetic multi-class shapes with a class covering about 1%
-of the pixels (train/validation split, every class's Dice). Default settings plus --time-budget per model.
+of the pixels (train/validation split, every class's Dice). Default settings with --plan, one validation round per
+epoch, and --time-budget per model.
 """
 
 from __future__ import annotations
@@ -52,10 +53,26 @@ def make_multiclass(root: Path, count: int, size: int, seed: int = 0) -> Path:
 
 
 def train(data: Path, out: Path, minutes: float, options: list[str]) -> None:
-    """`unetseg train` with default settings under a time budget; stops the benchmark if it fails."""
+    """`unetseg train --plan` (settings chosen from the data and the device) under a time budget, validating once
+    per epoch (five rounds of whole-image validation would take most of a few minutes on a CPU)."""
     budget = f"{minutes * 60:.0f}s"
     code = unetseg(
-        ["train", "--data", str(data), "--time-budget", budget, "--out", str(out), "--quiet", "-e", "100000", *options]
+        [
+            "train",
+            "--data",
+            str(data),
+            "--time-budget",
+            budget,
+            "--out",
+            str(out),
+            "--quiet",
+            "-e",
+            "100000",
+            "--plan",
+            "--val-rounds",
+            "1",
+            *options,
+        ]
     )
     if code:
         raise SystemExit(f"training failed with exit status {code}")

@@ -192,3 +192,10 @@ def test_bad_input_exits_2_with_one_message(tmp_path, args, needle):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert (needle or "pass -c 3") in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "export", "doctor", "plan"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "usage: unetseg" in capsys.readouterr().out

@@ -128,13 +128,18 @@ def show_plan(plan: list[tuple[str, object, str]], explicit: dict) -> None:
         print(f"  {name:<14} {str(value):<22} {reason}{given}")
 
 
+def plan_options(plan: list[tuple[str, object, str]]) -> dict:
+    """The plan's choices that are training options (the plan also reports e.g. normalisation)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {name: value for name, value, _ in plan if name in fields}
+
+
 def apply_plan(cfg: TrainConfig, explicit: dict) -> TrainConfig:
     """The plan's choices for every option the user did not give."""
     plan = planned(cfg)
     print("plan (from the data and the device):")
     show_plan(plan, explicit)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    chosen = {n: v for n, v, _ in plan if n in fields and n not in explicit}
+    chosen = {n: v for n, v in plan_options(plan).items() if n not in explicit}
     return dataclasses.replace(cfg, **chosen)
 
 
@@ -147,11 +152,7 @@ def plan_command(values: dict) -> int:
     plan = planned(cfg)
     print(f"plan for {cfg.data or cfg.images} (from the data and the device):")
     show_plan(plan, values)
-    options = " ".join(
-        f"--{n.replace('_', '-')} {v}"
-        for n, v, _ in plan
-        if n in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None
-    )
+    options = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in plan_options(plan).items() if v is not None)
     print(f"train with: unetseg train --data {cfg.data} {options}")
     return 0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetseg.engine.checkpoint import build_model, load_checkpoint, save_atomic
+from unetseg.engine.checkpoint import CheckpointWriter, build_model, load_checkpoint, save_atomic
 from unetseg.errors import UserError
 from unetseg.models.unet import UNet
 from unetseg.predict import Segmenter
@@ -76,3 +76,18 @@ def test_save_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path):
     save_atomic({"a": torch.zeros(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_writer_saves_the_state_as_of_the_call_and_reports_errors(tmp_path):
+    weights = torch.ones(4)
+    writer = CheckpointWriter()
+    writer.write({"w": weights, "step": 3}, [tmp_path / "last.pt", tmp_path / "epoch_001.pt"])
+    weights.add_(1)  # training goes on while the file is written
+    writer.wait()
+    for name in ("last.pt", "epoch_001.pt"):
+        saved = torch.load(tmp_path / name, weights_only=True)
+        assert torch.equal(saved["w"], torch.ones(4)) and saved["step"] == 3
+    (tmp_path / "file").write_text("")
+    writer.write({"w": weights}, [tmp_path / "file" / "best.pt"])  # a folder that cannot be made
+    with pytest.raises(OSError):
+        writer.close()

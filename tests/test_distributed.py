@@ -135,6 +135,22 @@ def test_nproc_starts_torchrun_for_the_user(tmp_path):
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["step"] == 4
 
 
+def test_processes_stop_together_at_the_time_budget_and_the_launcher_plans_once(tmp_path):
+    """Each process's clock differs a little; they must stop after the same step, or one waits forever for the
+    other's gradients. The plan is made once by the launcher and handed to both processes as options."""
+    data = make_dataset(tmp_path / "d", count=12, size=(32, 32))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "unetseg", "train", "--nproc", "2", "--data", str(data), "--out", str(run)]
+    command += ["-b", "2", "--width", "4", "--workers", "1", "-e", "100000", "--time-budget", "6s"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plan (from the data and the device)" in result.stdout and "--no-plan" in result.stderr
+    assert "reached --time-budget 6s" in result.stdout
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["step"] > 0
+
+
 def test_a_two_process_checkpoint_resumes_in_one_process_and_back(tmp_path):
     data = make_dataset(tmp_path / "d", count=10, size=(32, 32))
     run = tmp_path / "run"

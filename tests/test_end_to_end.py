@@ -21,7 +21,8 @@ def read_rows(run):
         return list(csv.DictReader(handle))
 
 
-TINY = ["--width", "4", "-e", "2", "-b", "4", "--val-rounds", "2", "--workers", "1", "--quiet"]
+TINY = [*("--width", "4", "-e", "2", "-b", "4", "--val-rounds", "2", "--val-every", "1", "--save-epochs")]
+TINY += ["--workers", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,9 @@ def test_json_lines_for_scripts(tmp_path, capfd):
     assert err == ""  # no progress bars either
     events = [json.loads(line) for line in out.splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("validation") == 2 and "train" in kinds
+    assert kinds[:2] == ["plan", "start"] and kinds[-1] == "done" and kinds.count("validation") == 2
+    assert "train" in kinds and events[0]["batch_size"]["value"] == 8 and events[0]["width"]["given"] == 4
+    events = events[1:]
     assert events[0]["classes"][1]["name"] == "class1" and events[0]["parameters"] > 0
     assert events[-1]["best_checkpoint"].endswith("best.pt") and events[-1]["exit_code"] == 0
     rounds = [e for e in events if e["event"] == "validation"]

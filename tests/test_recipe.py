@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import make_dataset
@@ -31,8 +32,36 @@ def test_plan_chooses_whole_images_class_weights_and_epochs_for_a_budget(tmp_pat
     root = make_dataset(tmp_path / "d", count=6, size=(48, 48), values=(0, 1, 2))
     data = prepare(str(root), None, None, None, None, None, 1.0, 0, 0)
     plan = {name: value for name, value, _ in make_plan(data, torch.device("cpu"), time_budget_s=20)}
-    assert plan["patch_size"] is None and plan["width"] == 32 and plan["batch_size"] == 8
+    assert plan["patch_size"] is None and plan["width"] == 16 and plan["batch_size"] == 8  # short budget: narrow
     assert plan["class_weights"] in ("auto", "none") and plan["epochs"] >= 1
+    assert make_plan(data, torch.device("cpu"))[1][1] == 32  # no budget: the wider CPU model
+
+
+def test_plan_spaces_validation_rounds_by_their_cost(tmp_path):
+    """Validation of whole images is kept near a tenth of the training time: a validation set as large as the
+    training patches validates every few epochs, a small one several times per epoch."""
+    big = make_dataset(tmp_path / "big", count=16, size=(256, 256))
+    small = make_dataset(tmp_path / "small", count=40, size=(64, 64))
+    few = prepare(str(small), None, None, str(big), None, None, 1.0, 0, 0)  # 40 train 64x64, 16 val 256x256
+    plan = {n: v for n, v, _ in make_plan(few, torch.device("cpu"))}
+    assert plan["val_rounds"] == 1 and plan["val_every"] > 1
+    many = prepare(str(big), None, None, str(small), None, None, 1.0, 0, 0)  # 16 train 256x256, 40 val 64x64
+    plan = {n: v for n, v, _ in make_plan(many, torch.device("cpu"))}
+    assert plan["val_every"] == 1 and plan["val_rounds"] >= 1
+
+
+def test_train_plans_by_default_and_given_options_win(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", count=6, size=(48, 48))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--width", "4", "-e", "1", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "plan (from the data and the device)" in printed and "(you gave 4)" in printed
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["width"] == 4 and saved["batch_size"] == 8 and saved["val_every"] >= 1
+    assert not list((out / "checkpoints").glob("epoch_*.pt"))  # last.pt and best.pt only, unless --save-epochs
+    fixed = ["--out", str(tmp_path / "fixed"), "--no-plan", "-e", "1", "--width", "4", "--workers", "1", "--quiet"]
+    assert main(["train", "--data", str(root), *fixed]) == 0
+    assert "plan (from" not in capsys.readouterr().out
 
 
 def test_plan_command_prints_a_train_command(tmp_path, capsys):

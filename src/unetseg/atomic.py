@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object] | bytes) -> None:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object] | bytes | memoryview) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync, then rename over it.
 
     ``write`` is the bytes to write or a function that writes to the open handle. A crash at any moment leaves
@@ -21,7 +21,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object] | bytes) 
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are as readable as a plain write makes them
         with os.fdopen(fd, "wb") as handle:
-            handle.write(write) if isinstance(write, bytes) else write(handle)
+            handle.write(write) if isinstance(write, (bytes, memoryview)) else write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

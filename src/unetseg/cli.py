@@ -96,13 +96,24 @@ def train_command(values: dict) -> int:
     if not any(values.get(k) for k in ("data", "images", "masks")):
         values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
     cfg = build(TrainConfig, values)
-    if cfg.nproc and "WORLD_SIZE" not in os.environ:
+    launched = "WORLD_SIZE" in os.environ
+    if cfg.nproc and not launched:
         from unetseg.data.folder import find_folders
 
         find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
-        return launch_torchrun(cfg.nproc, argv_without_nproc())
-    if cfg.plan:
-        cfg = apply_plan(cfg, values)
+        planned_args = []
+        if cfg.plan and resume is None:  # planned once here, so that every process trains with the same settings
+            for name, value in apply_plan(cfg, values)[1].items():
+                planned_args += [f"--{name.replace('_', '-')}", str(value)] if value is not None else []
+        return launch_torchrun(cfg.nproc, [*argv_without_nproc(), *planned_args, "--no-plan"])
+    if cfg.plan and resume is None and not launched:
+        cfg = apply_plan(cfg, values)[0]
+    elif cfg.plan and resume is None and int(os.environ["WORLD_SIZE"]) > 1 and os.environ.get("RANK") == "0":
+        print(
+            "unetseg train: no plan under torchrun (the processes could plan differently); use `unetseg train "
+            "--nproc N`, which plans once, or give the options `unetseg plan` prints",
+            file=sys.stderr,
+        )
     if cfg.folds:
         from unetseg.folds import cross_validate
 
@@ -117,7 +128,7 @@ def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
     from unetseg.engine.precision import resolve_device
     from unetseg.plan import make_plan
 
-    data = prepare_for(cfg)
+    data = prepare_for(cfg, fold=(cfg.fold or 0, cfg.folds) if cfg.folds else None)  # the split training will see
     budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
     return make_plan(data, resolve_device(cfg.device), budget)
 
@@ -134,13 +145,19 @@ def plan_options(plan: list[tuple[str, object, str]]) -> dict:
     return {name: value for name, value, _ in plan if name in fields}
 
 
-def apply_plan(cfg: TrainConfig, explicit: dict) -> TrainConfig:
-    """The plan's choices for every option the user did not give."""
+def apply_plan(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict]:
+    """``cfg`` with the plan's choice for every option the user did not give, and those choices."""
     plan = planned(cfg)
-    print("plan (from the data and the device):")
-    show_plan(plan, explicit)
+    if cfg.log_format == "json":
+        from unetseg.loggers import json_line
+
+        fields = {n: {"value": v, "reason": r, "given": explicit.get(n)} for n, v, r in plan}
+        print(json_line("plan", fields), flush=True)
+    elif not cfg.quiet:
+        print("plan (from the data and the device):")
+        show_plan(plan, explicit)
     chosen = {n: v for n, v in plan_options(plan).items() if n not in explicit}
-    return dataclasses.replace(cfg, **chosen)
+    return dataclasses.replace(cfg, **chosen), chosen
 
 
 def plan_command(values: dict) -> int:

@@ -118,13 +118,20 @@ class TrainConfig(DataConfig):
         None, "evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)"
     )
     patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
-    val_rounds: int = option(5, "validation rounds per epoch (at least one always runs)")
+    val_rounds: int = option(
+        5, "validation rounds per epoch (at least one always runs); --plan chooses it from the cost of a round"
+    )
+    val_every: int = option(
+        1, "validate every N epochs (the last one always validates), for epochs much shorter than a validation round"
+    )
     val_batch_size: int = option(16, "images per validation batch (inference needs far less memory than training)")
     seed: int = option(0, "random seed for the split, the initial weights and the batch order")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     workers: int = option(4, "threads that decode the dataset")
     save_every: int | None = option(None, "also write last.pt every N optimizer steps")
-    save_epochs: bool = option(True, "keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt)")
+    save_epochs: bool = option(
+        False, "also keep a checkpoint of every epoch (checkpoints/epoch_NNN.pt); last.pt and best.pt are always kept"
+    )
     time_budget: str | None = option(None, "stop cleanly after this long, e.g. 30m, 2h, 90s")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
     compile: bool | None = option(
@@ -152,9 +159,9 @@ class TrainConfig(DataConfig):
     )
     fold: int | None = option(None, "with --folds: train only this fold (0-based), e.g. one per machine")
     plan: bool = option(
-        False,
-        "choose patch size, batch, width, class weights (and epochs for --time-budget) from "
-        "the data and the device; options you give still win",
+        True,
+        "choose patch size, batch, width, class weights, the validation schedule (and epochs for --time-budget) "
+        "from the data and the device; options you give still win; --no-plan uses the fixed defaults",
     )
     quiet: bool = option(False, "print nothing but errors")
 
@@ -168,6 +175,7 @@ class TrainConfig(DataConfig):
             (self.classes is None or self.classes >= 1, "-c/--classes must be at least 1"),
             (self.width >= 1, "--width must be at least 1"),
             (self.val_rounds >= 1, "--val-rounds must be at least 1"),
+            (self.val_every >= 1, "--val-every must be at least 1"),
             (self.patch_size is None or self.patch_size >= 16, "--patch-size must be at least 16"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),

@@ -23,15 +23,46 @@ from unetseg.models.unet import UNet
 BYTES_PER_PIXEL_PER_WIDTH = 14.7 * 2**30 / (8 * 959 * 640 * 64)
 GPU_MEMORY_SHARE = 0.6  # leave room for the allocator, cuDNN workspaces and validation
 RARE_CLASS_SHARE = 0.05  # below this pixel share, weight the loss toward the class
+VALIDATION_SHARE = 0.1  # validation rounds should cost about this share of the training time
+CPU_SMALL_BUDGET_S = 30 * 60  # below this budget a CPU trains the narrow U-Net (more steps in the time)
 
 
-def _patch(data: Dataset, limit: int) -> tuple[int | None, str]:
+def _patch(data: Dataset, gpu: bool) -> tuple[int | None, str]:
+    """Whole images when they all share one size that fits; otherwise square crops near the median short side."""
+    whole, crop = (1024, 512) if gpu else (256, 256)
     sizes = np.array([s.image.shape[:2] for s in data.train])
-    if len({tuple(s) for s in sizes}) == 1 and sizes[0].max() <= limit:
+    if len({tuple(s) for s in sizes}) == 1 and sizes[0].max() <= whole:
         return None, f"all images are {sizes[0][1]}x{sizes[0][0]}: train on whole images"
     median = int(np.median(sizes.min(axis=1)))
-    patch = max(64, min(limit, median // 32 * 32 or 64))
-    return patch, f"median short side {median} px, capped at {limit} on this device: {patch}x{patch} crops"
+    patch = max(64, min(crop, median // 32 * 32 or 64))
+    return patch, f"median short side {median} px, capped at {crop} on this device: {patch}x{patch} crops"
+
+
+def _width(gpu: bool, budget_s: float | None) -> tuple[int, str]:
+    if gpu:
+        return 64, "64, the classic U-Net, on a GPU"
+    if budget_s is not None and budget_s < CPU_SMALL_BUDGET_S:
+        return 16, (
+            f"16 on a CPU for a budget under {CPU_SMALL_BUDGET_S / 60:.0f} min: about 3x the steps of width 32 "
+            "in the same time, which scored higher in short runs (benchmarks/README.md)"
+        )
+    return 32, "32 on a CPU, where bf16 trains it about 4x faster than width 64 (benchmarks/README.md)"
+
+
+def _validation(data: Dataset, batch: int, patch: tuple[int, int]) -> tuple[int, int, str]:
+    """(rounds per epoch, epochs between rounds, why): whole-image validation kept near 10% of the training time.
+
+    A validation pixel costs about a third of a training pixel (forward only), so the share is estimated from the
+    pixels alone, with no measurement.
+    """
+    val_pixels = sum(s.image.shape[0] * s.image.shape[1] for s in data.val)
+    epoch_pixels = max(1, len(data.train) // batch) * batch * patch[0] * patch[1]
+    share = val_pixels / (3 * epoch_pixels)
+    if not data.val or share <= VALIDATION_SHARE:
+        rounds = max(1, min(5, int(VALIDATION_SHARE / max(share, 1e-9))))
+        return rounds, 1, f"a round costs about {share:.0%} of an epoch: {rounds} per epoch"
+    every = math.ceil(share / VALIDATION_SHARE)
+    return 1, every, f"a round costs about {share:.0%} of an epoch: one every {every} epochs"
 
 
 def _batch(device: torch.device, pixels: int, width: int) -> tuple[int, str]:
@@ -69,17 +100,10 @@ def make_plan(data: Dataset, device: torch.device, time_budget_s: float | None =
     """(option, value, reason) for each planned choice."""
     gpu = device.type == "cuda"
     plan: list[tuple[str, object, str]] = []
-    patch, why = _patch(data, 512 if gpu else 256)
+    patch, why = _patch(data, gpu)
     plan.append(("patch_size", patch, why))
-    width = 64 if gpu else 32
-    plan.append(
-        (
-            "width",
-            width,
-            "64 (the classic U-Net) on a GPU; 32 on a CPU, where bf16 trains it about 4x "
-            "faster than width 64 (benchmarks/README.md)",
-        )
-    )
+    width, why = _width(gpu, time_budget_s)
+    plan.append(("width", width, why))
     shape = (patch, patch) if patch else data.train[0].image.shape[:2]
     batch, why = _batch(device, shape[0] * shape[1], width)
     plan.append(("batch_size", batch, why))
@@ -101,6 +125,9 @@ def make_plan(data: Dataset, device: torch.device, time_budget_s: float | None =
             f"values / {top:g} (the data's range), then mean {data.norm['mean']} and std {data.norm['std']}",
         )
     )
+    rounds, every, why = _validation(data, batch, shape)
+    plan.append(("val_rounds", rounds, why))
+    plan.append(("val_every", every, "validate after every epoch" if every == 1 else why))
     if time_budget_s:
         step = _measure_step(device, data.channels, data.class_map.num_classes, width, batch, shape)
         steps_per_epoch = max(1, len(data.train) // batch)

@@ -7,8 +7,10 @@ plus ``mask_values``) are read too and converted to the same shape.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,6 +32,53 @@ def save_atomic(obj: object, path: str | Path) -> None:
     A crash at any moment leaves either the old file or the new one, never a partial file.
     """
     write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def snapshot(obj: object) -> object:
+    """``obj`` with every tensor copied to host memory: safe to serialise while training changes the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so that training does not wait for serialisation and fsync.
+
+    ``write`` takes a host snapshot at once (the state as of the call) and returns; at most one write is in flight
+    (a new one first waits for the last, so at most two snapshots are held), an error in a write is raised by the
+    next call, and ``close`` waits for the last. Each file still appears atomically, as with :func:`save_atomic`.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unetseg-checkpoint")
+        self._pending: Future | None = None
+
+    def write(self, ckpt: dict, paths: list[Path]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._serialise, snapshot(ckpt), paths)
+
+    @staticmethod
+    def _serialise(ckpt: dict, paths: list[Path]) -> None:
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        for path in paths:  # one serialisation for several names (last.pt and epoch_NNN.pt)
+            write_atomic(path, buffer.getbuffer())
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
 
 def read_file(path: str | Path) -> object:

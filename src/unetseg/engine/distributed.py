@@ -82,7 +82,13 @@ def main_first(info: DistInfo) -> Iterator[None]:
             dist.barrier()
 
 
-def cleanup(info: DistInfo | None = None) -> None:
-    """Leave the process group (also on error paths: a live group at exit aborts the process)."""
+def cleanup(info: DistInfo | None = None, finished: bool = False) -> None:
+    """Leave the process group (also on error paths: a live group at exit aborts the process).
+
+    ``finished``: every process got here normally; they first wait for each other, so that none tears its
+    connections down while another still uses them (gloo then aborts the other process).
+    """
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -62,7 +62,8 @@ def summary(run: Run) -> None:
         f"  optimizer   {cfg.optimizer} lr {cfg.learning_rate:g}{' (not scaled with processes)' if world > 1 else ''}"
         f", {cfg.scheduler} schedule, {cfg.warmup_steps} warm-up steps, loss {cfg.loss}, clip {cfg.grad_clip:g}"
         f"{f', EMA {cfg.ema}' if cfg.ema else ''}",
-        f"  validation  {cfg.val_rounds} round(s) per epoch; last.pt every epoch"
+        f"  validation  {cfg.val_rounds} round(s) per epoch"
+        f"{f', every {cfg.val_every} epochs' if cfg.val_every > 1 else ''}; last.pt every epoch"
         f"{f' and every {cfg.save_every} steps' if cfg.save_every else ''}",
         f"  logging     {run.log.describe()}; plots in {run.dir / 'plots'}",
     ]

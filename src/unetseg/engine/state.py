@@ -14,7 +14,7 @@ from torch import nn
 from unetseg.config import TrainConfig, to_dict
 from unetseg.data.prepare import Dataset
 from unetseg.data.sampler import TrainBatches
-from unetseg.engine.checkpoint import FORMAT, VERSION, load_weights, save_atomic
+from unetseg.engine.checkpoint import FORMAT, VERSION, CheckpointWriter, load_weights
 from unetseg.engine.distributed import DistInfo
 from unetseg.engine.ema import EMA
 from unetseg.engine.optim import Schedule
@@ -65,6 +65,7 @@ class Run:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
     compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
 
     def elapsed(self) -> float:
         """Training seconds across resumes."""
@@ -79,7 +80,7 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
         "version": VERSION,
         "source": "unetseg",
         "model": model_spec(run.model),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        "state_dict": {k: v.detach().contiguous() for k, v in weights.items()},  # copied by the writer
         "channels": run.data.channels,
         "norm": run.data.norm,
         "class_map": run.data.class_map.to_dict(),
@@ -89,7 +90,7 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     }
     if with_train_state:
         ckpt["train_state"] = {
-            "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
+            "model": {k: v.detach().contiguous() for k, v in run.model.state_dict().items()},
             "ema": run.ema.state_dict() if run.ema else None,
             "optimizer": run.optimizer.state_dict(),
             "schedule": run.schedule.state_dict(),
@@ -123,7 +124,8 @@ def restore(run: Run, ckpt: dict) -> None:
         torch.cuda.set_rng_state_all(train["rng"]["cuda"])
 
 
-def save(run: Run, name: str, with_train_state: bool = True) -> None:
-    """Write ``checkpoints/<name>`` atomically, on the main process only."""
+def save(run: Run, *names: str, with_train_state: bool = True) -> None:
+    """Write ``checkpoints/<name>`` for each name (one snapshot) atomically, in the background, on the main process."""
     if run.dist.is_main:
-        save_atomic(checkpoint_dict(run, with_train_state), run.dir / "checkpoints" / name)
+        folder = run.dir / "checkpoints"
+        run.writer.write(checkpoint_dict(run, with_train_state), [folder / name for name in names])

@@ -315,9 +315,14 @@ def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool)
             raise StopTraining("interrupted", exit_code=stop.exit_code)
     if cfg.max_steps and state.step >= cfg.max_steps:
         raise StopTraining(f"reached --max-steps {cfg.max_steps}")
-    # Leave room for the final validation and checkpoint inside the budget.
-    if cfg.time_budget and run.elapsed() + run.val_cost >= parse_duration(cfg.time_budget):
-        raise StopTraining(f"reached --time-budget {cfg.time_budget}")
+    if cfg.time_budget:
+        # Leave room for the final validation and checkpoint inside the budget. Processes' clocks differ a little:
+        # under multi-process training they decide together, so all stop after the same step.
+        over = run.elapsed() + run.val_cost >= parse_duration(cfg.time_budget)
+        if run.dist.enabled:
+            over = read_now and distributed.any_rank(over, run.dist, run.device)
+        if over:
+            raise StopTraining(f"reached --time-budget {cfg.time_budget}")
     if cfg.patience and state.rounds_since_best >= cfg.patience:
         raise StopTraining(f"early stopping: no improvement in {cfg.patience} validation rounds")
 
@@ -325,7 +330,8 @@ def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool)
 def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
     """Steps over one epoch (from the saved batch on a resume), with validation rounds at fixed points."""
     cfg, state, batches = run.cfg, run.state, run.batches
-    points = validation_points(len(batches), cfg.val_rounds)
+    validating = (state.epoch + 1) % cfg.val_every == 0 or state.epoch + 1 == cfg.epochs
+    points = validation_points(len(batches), cfg.val_rounds) if validating else set()
     run.model.train()
     bar = tqdm(
         total=len(batches) * batches.global_batch,
@@ -374,9 +380,7 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
     while state.epoch < cfg.epochs:
         train_one_epoch(run, stop, progress)
         state.epoch, state.batch = state.epoch + 1, 0
-        save(run, "last.pt")
-        if cfg.save_epochs:
-            save(run, f"epoch_{state.epoch:03d}.pt")
+        save(run, "last.pt", *([f"epoch_{state.epoch:03d}.pt"] if cfg.save_epochs else []))
         if not run.data.val:
             state.best_step = state.step
             save(run, "best.pt", with_train_state=False)
@@ -411,11 +415,12 @@ def fit(cfg: TrainConfig, resume: dict | None = None) -> dict:
 
 def finish(run: Run, reason: str, code: int) -> dict:
     """Final summary lines, and what the caller needs."""
+    run.writer.close()  # every checkpoint on disk before the run is reported finished
     run.state.elapsed = run.elapsed()
     best = run.dir / "checkpoints" / "best.pt"
     report_end(run, reason, code, best)
     run.log.close()
-    distributed.cleanup(run.dist)
+    distributed.cleanup(run.dist, finished=True)
     return {
         "best_dice_fg": run.state.best,
         "best_step": run.state.best_step,

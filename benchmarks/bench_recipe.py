@@ -6,8 +6,8 @@
 
 Protocols: the bundled nuclei sample (5 folds, foreground Dice); ../shared/data/membrane-isbi2012 (5 folds, Dice of
 the membrane class, mask value 0; skipped when absent); synthetic multi-class shapes with a class covering about 1%
-of the pixels (train/validation split, every class's Dice). Default settings with --plan, one validation round per
-epoch, and --time-budget per model.
+of the pixels (train/validation split, every class's Dice). Default settings (the plan included) and --time-budget per
+model.
 """
 
 from __future__ import annotations
@@ -53,27 +53,8 @@ def make_multiclass(root: Path, count: int, size: int, seed: int = 0) -> Path:
 
 
 def train(data: Path, out: Path, minutes: float, options: list[str]) -> None:
-    """`unetseg train --plan` (settings chosen from the data and the device) under a time budget, validating once
-    per epoch (five rounds of whole-image validation would take most of a few minutes on a CPU)."""
-    budget = f"{minutes * 60:.0f}s"
-    code = unetseg(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--time-budget",
-            budget,
-            "--out",
-            str(out),
-            "--quiet",
-            "-e",
-            "100000",
-            "--plan",
-            "--val-rounds",
-            "1",
-            *options,
-        ]
-    )
+    """`unetseg train` with its defaults (the plan included) under a time budget."""
+    code = unetseg(["train", "--data", str(data), "--time-budget", f"{minutes * 60:.0f}s", "--out", str(out), *options])
     if code:
         raise SystemExit(f"training failed with exit status {code}")
 

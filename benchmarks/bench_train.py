@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from unetseg.config import TrainConfig
+from unetseg.cli import main as unetseg
 from unetseg.data.prepare import prepare
 from unetseg.data.sampler import TrainBatches
 from unetseg.engine.precision import autocast, normalize
-from unetseg.engine.trainer import fit
 from unetseg.losses import ce_dice_loss
 from unetseg.models.unet import UNet
+from unetseg.transforms import augment_batch, get_spec
 
 TFLOP_PER_IMAGE = 2.69  # forward + backward of the width-64 U-Net on 959x640 (issue's measurement)
 BOUND_IMG_S = 296  # 798 TFLOP/s bf16 matmul on the H100 / 2.69 TFLOP
@@ -169,22 +169,12 @@ class GpuSampler:
             self.process.terminate()
 
 
-def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampler) -> dict:
-    """`unetseg train` with default settings; steady state = after the first epoch (compile, cache, warm-up)."""
-    cfg = TrainConfig(
-        data=str(root),
-        out=str(out),
-        overwrite=True,
-        scale=args.scale,
-        epochs=epochs,
-        batch_size=args.batch,
-        width=args.width,
-        device=args.device,
-        quiet=True,
-        save_epochs=False,
-        workers=os.cpu_count() or 4,
-        patch_size=args.patch,
-    )
+def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampler, extra: list[str]) -> dict:
+    """`unetseg train` as a user runs it (the plan included), with the benchmark's data, scale, width, batch and
+    epochs, plus ``extra`` options; steady state = after the first epoch (compile, cache, warm-up)."""
+    command = ["train", "--data", str(root), "--out", str(out), "--overwrite", "--quiet", "--scale", str(args.scale)]
+    command += ["-e", str(epochs), "-b", str(args.batch), "--width", str(args.width), "--device", args.device]
+    command += ["--workers", str(os.cpu_count() or 4), *(["--patch-size", str(args.patch)] if args.patch else [])]
     started = time.monotonic()
     mark = {"value": None}
     original = TrainBatches.epoch
@@ -196,18 +186,20 @@ def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampl
 
     TrainBatches.epoch = marked
     try:
-        result = fit(cfg)
+        with contextlib.redirect_stdout(open(os.devnull, "w")):  # the printed plan
+            code = unetseg([*command, *extra])
     finally:
         TrainBatches.epoch = original
     total = time.monotonic() - started
+    if code:
+        raise SystemExit(f"unetseg {' '.join(command + extra)} failed with exit status {code}")
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     per_epoch = {}
     for row in rows:
-        per_epoch[int(row["epoch"])] = row
+        per_epoch[int(row["epoch"])] = row  # the last round of each epoch
     first, last = float(per_epoch[1]["elapsed_s"]), float(rows[-1]["elapsed_s"])
-    steps_after = result["steps"] - int(per_epoch[1]["step"])
-    images_after = steps_after * args.batch
+    images_after = (int(rows[-1]["step"]) - int(per_epoch[1]["step"])) * args.batch
     return {
         "e2e_img_s": images_after / max(last - first, 1e-9),
         "first_epoch_s": first,
@@ -216,32 +208,52 @@ def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampl
         "rounds": len(rows),
         "idle": sampler.idle_since(mark["value"]) if mark["value"] is not None else math.nan,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else math.nan,
-        "dice": result["best_dice_fg"],
+        "dice": max(float(r["dice_fg"]) for r in rows),
     }
 
 
+def bench_augment(shape, device: torch.device, batch: int, steps: int) -> float:
+    """Milliseconds per batch of the default augmentation preset alone (uint8 batch in, augmented floats out)."""
+    images = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8, device=device)
+    masks = torch.randint(0, 2, (batch, *shape), device=device)
+    spec = get_spec("default")
+    for seed in range(2):
+        augment_batch(images.float() / 255, masks, seed, spec=spec)
+    sync(device)
+    started = time.monotonic()
+    for seed in range(steps):
+        augment_batch(images.float() / 255, masks, seed, spec=spec)
+    sync(device)
+    return (time.monotonic() - started) / steps * 1000
+
+
 def profile_step(shape, device, width: int, batch: int, path: Path) -> None:
-    """Top kernels of one bf16 step, written to ``path``."""
+    """Top kernels of one bf16 step, eager and compiled, written to ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = UNet(3, 2, width=width).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=device.type == "cuda")
-    x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (batch, *shape), device=device)
-    for _ in range(3):
-        with autocast(device, torch.bfloat16):
-            ce_dice_loss(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    sync(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        with autocast(device, torch.bfloat16):
-            ce_dice_loss(model(x), y).backward()
-        optimizer.step()
-        sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tables = []
+    for compiled in (False, True) if device.type == "cuda" else (False,):
+        model = UNet(3, 2, width=width).to(device, memory_format=torch.channels_last)
+        net = torch.compile(model) if compiled else model
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=device.type == "cuda")
+        x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (batch, *shape), device=device)
+        for _ in range(3):
+            with autocast(device, torch.bfloat16):
+                ce_dice_loss(net(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        sync(device)
+        with profile(activities=activities) as prof:
+            with autocast(device, torch.bfloat16):
+                ce_dice_loss(net(x), y).backward()
+            optimizer.step()
+            sync(device)
+        title = "compiled (torch.compile)" if compiled else "eager"
+        tables.append(f"## one bf16 step, {title}\n" + prof.key_averages().table(sort_by=key, row_limit=30))
+    path.write_text("\n\n".join(tables))
 
 
 def cpu_table(batch: int = 8, steps: int = 3) -> list[tuple]:
@@ -282,6 +294,12 @@ def step_sections(args, data, device: torch.device, shape: tuple, full: bool, ad
     add(("step alone, bf16 + --checkpointing", f"{r['img_s']:.1f} img/s, peak {r['peak_gib']:.2f} GiB"))
     add(
         (
+            "augmentation alone, default preset",
+            f"{bench_augment(shape, device, args.batch, args.steps):.1f} ms per batch",
+        )
+    )
+    add(
+        (
             "inference alone, fp32 / bf16",
             f"{bench_inference(shape, device, torch.float32, args.width, args.batch, args.steps):.1f}"
             f" / {bench_inference(shape, device, torch.bfloat16, args.width, args.batch, args.steps):.1f} img/s",
@@ -312,22 +330,26 @@ def run_sections(args, table: list[tuple[str, str]]) -> None:
         step_sections(args, data, device, shape, full, add)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    sampler = GpuSampler()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            e = bench_end_to_end(root, Path(tmp) / "run", args.epochs, args, sampler)
-    finally:
-        sampler.stop()
-    add(
-        (
-            "end to end `unetseg train` (defaults), steady state",
-            f"{e['e2e_img_s']:.1f} img/s{mfu(e['e2e_img_s'], full)}",
+    runs = [("(defaults)", [])] + [(f"{' '.join(e)}", e) for e in (x.split() for x in args.e2e_extra)]
+    for label, extra in runs:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sampler = GpuSampler()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                e = bench_end_to_end(root, Path(tmp) / "run", args.epochs, args, sampler, extra)
+        finally:
+            sampler.stop()
+        add(
+            (
+                f"end to end `unetseg train` {label}, steady state",
+                f"{e['e2e_img_s']:.1f} img/s{mfu(e['e2e_img_s'], full)}",
+            )
         )
-    )
-    add(("  first epoch (compile, warm-up) / whole run", f"{e['first_epoch_s']:.1f} s / {e['total_s']:.1f} s"))
-    add(("  validation round", f"{e['val_round_s']:.2f} s each, {e['rounds']} rounds"))
-    add(("  GPU idle fraction (steady state)", f"{e['idle']:.1%}"))
-    add(("  peak GPU memory", f"{e['peak_gib']:.2f} GiB"))
+        add(("  first epoch (compile, warm-up) / whole run", f"{e['first_epoch_s']:.1f} s / {e['total_s']:.1f} s"))
+        add(("  validation round", f"{e['val_round_s']:.2f} s each, {e['rounds']} rounds, best Dice {e['dice']:.3f}"))
+        add(("  GPU idle fraction (steady state)", f"{e['idle']:.1%}"))
+        add(("  peak GPU memory", f"{e['peak_gib']:.2f} GiB"))
     if args.profile:
         profile_step(shape, device, args.width, args.batch, Path(args.profile))
         add(("profile of one bf16 step", args.profile))
@@ -347,6 +369,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="loader benchmark duration")
     parser.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (the first is excluded)")
     parser.add_argument("--no-compile-step", dest="compile_step", action="store_false")
+    parser.add_argument(
+        "--e2e-extra", action="append", default=[], help="also run end to end with these options, e.g. '--augment none'"
+    )
     parser.add_argument("--only-e2e", action="store_true", help="skip the loader, step and inference sections")
     parser.add_argument("--profile", default=None, help="write a kernel profile of one step to this file")
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")

@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="time budget per model")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", choices=("nuclei", "membrane", "multiclass"), action="append")
+    parser.add_argument("--membrane", type=Path, default=MEMBRANE, help="the membrane-isbi2012 folder")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     extra = ["--width", "4", "--workers", "1"] if args.smoke else []
@@ -102,8 +103,8 @@ def main() -> int:
                     r["wall_s"],
                 )
             )
-        if "membrane" in only and MEMBRANE.exists():
-            r = cross_validation(MEMBRANE, tmp / "membrane", folds, minutes, extra)
+        if "membrane" in only and args.membrane.exists():
+            r = cross_validation(args.membrane, tmp / "membrane", folds, minutes, extra)
             membrane = r["classes"][0]["dice"]  # class 0 = mask value 0 = membrane
             rows.append(
                 (

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from unetseg.cli import main as unetseg
 from unetseg.data.prepare import prepare
 from unetseg.data.sampler import TrainBatches
+from unetseg.engine import trainer
 from unetseg.engine.precision import autocast, normalize
 from unetseg.losses import ce_dice_loss
 from unetseg.models.unet import UNet
@@ -185,11 +186,17 @@ def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampl
         return original(self, epoch, start)
 
     TrainBatches.epoch = marked
+    parts = {"validate": 0.0, "evaluate": 0.0, "save": 0.0, "gallery": 0.0, "report_round": 0.0}
+    originals = {name: getattr(trainer, name) for name in parts}
+    for name in parts:
+        setattr(trainer, name, timed(originals[name], parts, name, torch.device(args.device)))
     try:
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # the printed plan
             code = unetseg([*command, *extra])
     finally:
         TrainBatches.epoch = original
+        for name, function in originals.items():
+            setattr(trainer, name, function)
     total = time.monotonic() - started
     if code:
         raise SystemExit(f"unetseg {' '.join(command + extra)} failed with exit status {code}")
@@ -209,7 +216,23 @@ def bench_end_to_end(root: Path, out: Path, epochs: int, args, sampler: GpuSampl
         "idle": sampler.idle_since(mark["value"]) if mark["value"] is not None else math.nan,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else math.nan,
         "dice": max(float(r["dice_fg"]) for r in rows),
+        "parts": {name: seconds / len(rows) for name, seconds in parts.items()},  # per round
     }
+
+
+def timed(function, totals: dict, name: str, device: torch.device):
+    """``function`` that adds its wall time (device work included) to ``totals[name]``."""
+
+    def wrapper(*args, **kwargs):
+        sync(device)
+        started = time.monotonic()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            sync(device)
+            totals[name] += time.monotonic() - started
+
+    return wrapper
 
 
 def bench_augment(shape, device: torch.device, batch: int, steps: int) -> float:
@@ -348,6 +371,14 @@ def run_sections(args, table: list[tuple[str, str]]) -> None:
         )
         add(("  first epoch (compile, warm-up) / whole run", f"{e['first_epoch_s']:.1f} s / {e['total_s']:.1f} s"))
         add(("  validation round", f"{e['val_round_s']:.2f} s each, {e['rounds']} rounds, best Dice {e['dice']:.3f}"))
+        p = e["parts"]
+        add(
+            (
+                "  per round: scoring / best.pt hand-off / gallery / report",
+                f"{p['evaluate']:.3f} / {p['save']:.3f} / {p['gallery']:.3f} / {p['report_round']:.3f} s "
+                f"(validate() {p['validate']:.3f} s; save includes the end-of-epoch last.pt)",
+            )
+        )
         add(("  GPU idle fraction (steady state)", f"{e['idle']:.1%}"))
         add(("  peak GPU memory", f"{e['peak_gib']:.2f} GiB"))
     if args.profile:

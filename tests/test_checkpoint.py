@@ -81,12 +81,13 @@ def test_save_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path):
 def test_checkpoint_writer_saves_the_state_as_of_the_call_and_reports_errors(tmp_path):
     weights = torch.ones(4)
     writer = CheckpointWriter()
-    writer.write({"w": weights, "step": 3}, [tmp_path / "last.pt", tmp_path / "epoch_001.pt"])
+    writer.write({"w": weights, "step": 3, "again": {"w": weights}}, [tmp_path / "last.pt", tmp_path / "epoch_001.pt"])
     weights.add_(1)  # training goes on while the file is written
     writer.wait()
     for name in ("last.pt", "epoch_001.pt"):
         saved = torch.load(tmp_path / name, weights_only=True)
         assert torch.equal(saved["w"], torch.ones(4)) and saved["step"] == 3
+        assert saved["again"]["w"].data_ptr() == saved["w"].data_ptr()  # one tensor twice: stored once
     (tmp_path / "file").write_text("")
     writer.write({"w": weights}, [tmp_path / "file" / "best.pt"])  # a folder that cannot be made
     with pytest.raises(OSError):

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 import traceback
 
 from unetseg.config import DoctorConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
@@ -80,6 +81,7 @@ def train_command(values: dict) -> int:
     from unetseg.engine.checkpoint import load_checkpoint
     from unetseg.engine.trainer import fit
 
+    started = time.monotonic()  # a time budget counts from here (planning included)
     resume_from = values.pop("resume", None)
     resume = None
     if resume_from:
@@ -118,7 +120,7 @@ def train_command(values: dict) -> int:
         from unetseg.folds import cross_validate
 
         return cross_validate(cfg)
-    return fit(cfg, resume)["exit_code"]
+    return fit(cfg, resume, started)["exit_code"]
 
 
 def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:

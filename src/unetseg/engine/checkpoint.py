@@ -34,14 +34,21 @@ def save_atomic(obj: object, path: str | Path) -> None:
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
-def snapshot(obj: object) -> object:
-    """``obj`` with every tensor copied to host memory: safe to serialise while training changes the originals."""
+def snapshot(obj: object, copies: dict | None = None) -> object:
+    """``obj`` with every tensor copied to host memory: safe to serialise while training changes the originals.
+
+    A tensor that appears twice (the weights in ``state_dict`` and in ``train_state``) is copied once, and
+    ``torch.save`` then stores it once.
+    """
+    copies = {} if copies is None else copies
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        if id(obj) not in copies:
+            copies[id(obj)] = obj.detach().to("cpu", copy=True)
+        return copies[id(obj)]
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        return {k: snapshot(v, copies) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
+        return type(obj)(snapshot(v, copies) for v in obj)
     return obj
 
 

@@ -74,13 +74,14 @@ class Run:
 
 def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     """The self-describing checkpoint (see DESIGN.md); weights are the EMA's when it is on."""
-    weights = run.ema.shadow if run.ema else run.model.state_dict()
+    model = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+    weights = run.ema.shadow if run.ema else model  # without EMA the same tensors: copied and stored once
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
         "source": "unetseg",
         "model": model_spec(run.model),
-        "state_dict": {k: v.detach().contiguous() for k, v in weights.items()},  # copied by the writer
+        "state_dict": {k: v.detach().contiguous() for k, v in weights.items()} if run.ema else weights,
         "channels": run.data.channels,
         "norm": run.data.norm,
         "class_map": run.data.class_map.to_dict(),
@@ -90,7 +91,7 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     }
     if with_train_state:
         ckpt["train_state"] = {
-            "model": {k: v.detach().contiguous() for k, v in run.model.state_dict().items()},
+            "model": model,
             "ema": run.ema.state_dict() if run.ema else None,
             "optimizer": run.optimizer.state_dict(),
             "schedule": run.schedule.state_dict(),

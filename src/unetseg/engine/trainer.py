@@ -386,9 +386,13 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
             save(run, "best.pt", with_train_state=False)
 
 
-def fit(cfg: TrainConfig, resume: dict | None = None) -> dict:
-    """Train a model; returns the best score, the run directory and the exit status."""
-    started = time.monotonic()  # a time budget covers set-up (data decoding, model build) too
+def fit(cfg: TrainConfig, resume: dict | None = None, started: float | None = None) -> dict:
+    """Train a model; returns the best score, the run directory and the exit status.
+
+    A time budget covers set-up (data decoding, model build) too, counted from ``started`` (``time.monotonic()``)
+    when given: the command passes the moment it began, so that planning counts as well.
+    """
+    started = time.monotonic() if started is None else started
     run = build_run(cfg, resume)
     summary(run)
     stop, progress = StopSignal(), Progress(run.device)

@@ -22,6 +22,7 @@ from unetseg.models.unet import UNet
 COMMON = [
     *("--width", "4", "--workers", "1", "--quiet", "--no-save-epochs", "--precision", "fp32", "--loss", "ce"),
     *("--augment", "none", "--val-rounds", "1", "-e", "2", "--seed", "3", "--optimizer", "sgd", "-l", "0.05"),
+    "--no-plan",  # both runs take exactly these settings (torchrun-launched processes do not plan)
 ]
 
 

@@ -103,19 +103,18 @@ def train_command(values: dict) -> int:
         from unetseg.data.folder import find_folders
 
         find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
-        planned_args = []
-        if cfg.plan and resume is None:  # planned once here, so that every process trains with the same settings
-            for name, value in apply_plan(cfg, values)[1].items():
-                planned_args += [f"--{name.replace('_', '-')}", str(value)] if value is not None else []
-        return launch_torchrun(cfg.nproc, [*argv_without_nproc(), *planned_args, "--no-plan"])
-    if cfg.plan and resume is None and not launched:
-        cfg = apply_plan(cfg, values)[0]
-    elif cfg.plan and resume is None and int(os.environ["WORLD_SIZE"]) > 1 and os.environ.get("RANK") == "0":
-        print(
-            "unetseg train: no plan under torchrun (the processes could plan differently); use `unetseg train "
-            "--nproc N`, which plans once, or give the options `unetseg plan` prints",
-            file=sys.stderr,
-        )
+        # Planned once here, so that every process trains with the same settings.
+        chosen = apply_plan(cfg, values)[1] if cfg.plan and resume is None else {}
+        return launch_torchrun(cfg.nproc, [*argv_without_nproc(), *option_args(chosen), "--no-plan"])
+    if cfg.plan and resume is None:
+        if not launched:
+            cfg = apply_plan(cfg, values)[0]
+        elif int(os.environ["WORLD_SIZE"]) > 1 and os.environ.get("RANK") == "0":
+            print(
+                "unetseg train: no plan under torchrun (the processes could plan differently); use `unetseg train "
+                "--nproc N`, which plans once, or give the options `unetseg plan` prints",
+                file=sys.stderr,
+            )
     if cfg.folds:
         from unetseg.folds import cross_validate
 
@@ -147,6 +146,16 @@ def plan_options(plan: list[tuple[str, object, str]]) -> dict:
     return {name: value for name, value, _ in plan if name in fields}
 
 
+def option_args(options: dict) -> list[str]:
+    """``{"batch_size": 8}`` -> ``["--batch-size", "8"]``; options left at None are left out."""
+    return [
+        arg
+        for name, value in options.items()
+        if value is not None
+        for arg in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
 def apply_plan(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict]:
     """``cfg`` with the plan's choice for every option the user did not give, and those choices."""
     plan = planned(cfg)
@@ -171,7 +180,7 @@ def plan_command(values: dict) -> int:
     plan = planned(cfg)
     print(f"plan for {cfg.data or cfg.images} (from the data and the device):")
     show_plan(plan, values)
-    options = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in plan_options(plan).items() if v is not None)
+    options = " ".join(option_args(plan_options(plan)))
     print(f"train with: unetseg train --data {cfg.data} {options}")
     return 0
 

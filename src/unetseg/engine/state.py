@@ -72,16 +72,21 @@ class Run:
         return self.state.elapsed + time.monotonic() - self.started
 
 
+def _detached(state: dict) -> dict:
+    """Contiguous tensors outside autograd; the checkpoint writer copies them to host memory."""
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
 def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     """The self-describing checkpoint (see DESIGN.md); weights are the EMA's when it is on."""
-    model = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
-    weights = run.ema.shadow if run.ema else model  # without EMA the same tensors: copied and stored once
+    model = _detached(run.model.state_dict()) if with_train_state or not run.ema else None
+    weights = _detached(run.ema.shadow) if run.ema else model  # without EMA the same tensors: copied, stored once
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
         "source": "unetseg",
         "model": model_spec(run.model),
-        "state_dict": {k: v.detach().contiguous() for k, v in weights.items()} if run.ema else weights,
+        "state_dict": weights,
         "channels": run.data.channels,
         "norm": run.data.norm,
         "class_map": run.data.class_map.to_dict(),

@@ -57,8 +57,8 @@ def measure(root: str, scale: float, batch: int, workers: int, uncached_images: 
     """One start as `unetseg train` does it, then one epoch of the training loader (runs in a fresh process)."""
     from unetseg.data.cache import decoded_samples
     from unetseg.data.checks import default_channels, inspect_dataset
-    from unetseg.data.dataset import compute_norm, load_sample
     from unetseg.data.sampler import TrainBatches
+    from unetseg.data.samples import compute_norm, load_sample
 
     start = time.perf_counter()
     report = inspect_dataset(root, None, None, workers=workers)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from unetseg import loggers
 from unetseg.config import TrainConfig
-from unetseg.engine import trainer
+from unetseg.tracking import runlog as loggers
+from unetseg.train import loop as trainer
 
 SETS = {
     "off": None,

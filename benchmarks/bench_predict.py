@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from unetseg.config import PredictConfig
+from unetseg.core.checkpoint import inference_checkpoint, save_atomic
+from unetseg.core.device import resolve_device
 from unetseg.data.classmap import ClassMap
-from unetseg.engine.checkpoint import inference_checkpoint, save_atomic
-from unetseg.engine.precision import resolve_device
 from unetseg.models.unet import UNet
-from unetseg.predict import Segmenter, load
-from unetseg.predict_cli import predict_files
+from unetseg.predict.pipeline import predict_files
+from unetseg.predict.segmenter import Segmenter, load
 
 CARVANA = (1918, 1280)  # width, height of Carvana's car photos
 NORM = {"scale": 255.0, "mean": [0.69, 0.69, 0.70], "std": [0.24, 0.24, 0.24]}
@@ -201,7 +201,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="4 tiny images, width 4, every mode: for tests")
     args = parser.parse_args(argv)
     if args.model:
-        from unetseg.engine.checkpoint import load_checkpoint
+        from unetseg.core.checkpoint import load_checkpoint
 
         args.width = [int(load_checkpoint(args.model)["model"]["width"])]
     if args.smoke:

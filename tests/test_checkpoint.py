@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from unetseg.engine.checkpoint import CheckpointWriter, build_model, load_checkpoint, save_atomic
+from unetseg.core.checkpoint import CheckpointWriter, build_model, load_checkpoint, save_atomic
 from unetseg.errors import UserError
 from unetseg.models.unet import UNet
-from unetseg.predict import Segmenter
+from unetseg.predict.segmenter import Segmenter
 
 
 def test_pytorch_unet_state_dict_loads_with_and_without_mask_values(tmp_path):

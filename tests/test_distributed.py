@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 
 from conftest import make_dataset
 from unetseg.cli import main
-from unetseg.data.dataset import Sample
-from unetseg.engine.distributed import DistInfo
-from unetseg.engine.evaluation import evaluate
+from unetseg.core.distributed import DistInfo
+from unetseg.data.samples import Sample
+from unetseg.evaluation.scoring import evaluate
 from unetseg.models.unet import UNet
 
 COMMON = [

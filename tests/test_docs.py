@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from test_predict import blobs
+from unetseg.core.checkpoint import inference_checkpoint
 from unetseg.data.classmap import ClassMap
-from unetseg.engine.checkpoint import inference_checkpoint
 from unetseg.models.unet import UNet
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "predict.md"

@@ -18,12 +18,12 @@ from PIL import Image
 from conftest import draw_pair
 from unetseg.cli import main
 from unetseg.config import ExportConfig, build
+from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint
+from unetseg.core.device import normalize
 from unetseg.data.classmap import ClassMap
-from unetseg.engine.checkpoint import FORMAT, VERSION, build_model, load_checkpoint
-from unetseg.engine.precision import normalize
 from unetseg.models import model_spec
 from unetseg.models.unet import UNet
-from unetseg.predict import Segmenter
+from unetseg.predict.segmenter import Segmenter
 
 # Three models that between them cover every branch of the export: softmax and sigmoid outputs, bilinear and
 # transposed-convolution up-sampling, RGB and grey input, 8- and 16-bit normalisation, unetseg and Pytorch-UNet files.
@@ -124,7 +124,7 @@ def random_images(shape: tuple[int, int, int], channels: int, dtype: str, seed: 
 
 
 def pytorch_logits(ckpt: Path, images: np.ndarray) -> torch.Tensor:
-    """The checkpoint's logits through the training-time path: engine.precision.normalize, then the model."""
+    """The checkpoint's logits through the training-time path: core.device.normalize, then the model."""
     checkpoint = load_checkpoint(ckpt)
     with torch.no_grad():
         x = normalize(torch.from_numpy(images), checkpoint["norm"], torch.device("cpu"), channels_last=False)
@@ -262,7 +262,7 @@ def test_onnx_predict_path_does_not_import_torch(store, onnx_runtime, tmp_path):
 
 @pytest.mark.parametrize("size", [(9, 20), (20, 9), (37, 51), (75, 101), (16, 16)])
 def test_numpy_bilinear_upsampling_matches_f_interpolate(size):
-    from unetseg.onnx_predict import upsample_bilinear
+    from unetseg.predict.onnx import upsample_bilinear
 
     logits = np.random.default_rng(0).normal(size=(3, 18, 25)).astype(np.float32)
     expected = F.interpolate(torch.from_numpy(logits)[None], size, mode="bilinear")[0].numpy()

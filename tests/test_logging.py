@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset
-from unetseg import plots, trackers
 from unetseg.cli import main
 from unetseg.config import TrainConfig, build
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
-from unetseg.loggers import RunLog
+from unetseg.tracking import backends as trackers
+from unetseg.tracking import plots
+from unetseg.tracking.runlog import RunLog
 
 TINY = ["--width", "4", "-b", "4", "--workers", "1", "--val-rounds", "2"]
 ALL = ["--logger", "csv,tensorboard,wandb"]

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from unetseg.boundary import boundary_scores, surface_distances
 from unetseg.data.classmap import IGNORE_INDEX, ClassMap
-from unetseg.data.dataset import Sample
-from unetseg.engine.evaluation import evaluate
-from unetseg.evaluate import build_report
-from unetseg.metrics import class_scores, confusion_matrix, per_image_counts, summarize
-from unetseg.report import worst_images, write_confusion_csv, write_confusion_png, write_per_image_csv
+from unetseg.data.samples import Sample
+from unetseg.evaluation.api import build_report
+from unetseg.evaluation.boundary import boundary_scores, surface_distances
+from unetseg.evaluation.metrics import class_scores, confusion_matrix, per_image_counts, summarize
+from unetseg.evaluation.report import worst_images, write_confusion_csv, write_confusion_png, write_per_image_csv
+from unetseg.evaluation.scoring import evaluate
 
 I = IGNORE_INDEX  # noqa: E741 - reads as a mask value below
 
@@ -171,8 +171,8 @@ def test_worst_images_are_the_lowest_foreground_dice(report):
 def test_boundary_without_scipy_is_a_clear_error(monkeypatch):
     import sys
 
-    from unetseg.boundary import require_scipy
     from unetseg.errors import UserError
+    from unetseg.evaluation.boundary import require_scipy
 
     monkeypatch.setitem(sys.modules, "scipy", None)  # what an environment without scipy looks like to import
     with pytest.raises(UserError, match="pip install scipy"):

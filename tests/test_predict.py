@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from unetseg import tta
+from unetseg.core.checkpoint import inference_checkpoint
 from unetseg.data.classmap import ClassMap
-from unetseg.engine.checkpoint import inference_checkpoint
 from unetseg.errors import UserError
 from unetseg.models.unet import UNet
-from unetseg.predict import Segmenter
-from unetseg.tiling import gaussian_weights, sliding_window, window_starts
+from unetseg.predict import tta
+from unetseg.predict.segmenter import Segmenter
+from unetseg.predict.tiling import gaussian_weights, sliding_window, window_starts
 
 NORM = {"scale": 255.0, "mean": [0.3], "std": [0.2]}
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from test_predict import blobs
 from unetseg.cli import main
+from unetseg.core.checkpoint import inference_checkpoint
 from unetseg.data.classmap import ClassMap
-from unetseg.engine.checkpoint import inference_checkpoint
 from unetseg.models.unet import UNet
-from unetseg.predict import load
+from unetseg.predict.segmenter import load
 
 
 def save_checkpoint(path, values=(0, 255), outputs=None, background_bias=0.0):
@@ -134,7 +134,7 @@ def test_images_of_many_sizes_do_not_pile_up_waiting_for_a_batch(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from unetseg.config import PredictConfig
-    from unetseg.predict_cli import decoded_batches
+    from unetseg.predict.pipeline import decoded_batches
 
     decoded = []
 

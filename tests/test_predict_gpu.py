@@ -10,8 +10,8 @@ from PIL import Image
 from test_predict import blobs
 from test_predict_cli import save_checkpoint
 from unetseg.cli import main
-from unetseg.predict import load
-from unetseg.tiling import sliding_window
+from unetseg.predict.segmenter import load
+from unetseg.predict.tiling import sliding_window
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,11 +12,11 @@ from PIL import Image
 
 from conftest import make_dataset
 from unetseg.cli import main
-from unetseg.data.dataset import fold_indices
+from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.data.prepare import prepare
-from unetseg.engine.checkpoint import build_model, load_checkpoint
+from unetseg.data.samples import fold_indices
 from unetseg.models.ensemble import Ensemble
-from unetseg.plan import make_plan
+from unetseg.train.plan import make_plan
 
 TINY = ["--width", "4", "-e", "1", "-b", "2", "--workers", "1", "--quiet", "--no-save-epochs"]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from unetseg.data.classmap import IGNORE_INDEX
-from unetseg.data.dataset import Sample
 from unetseg.data.sampler import TrainBatches, prefetch
+from unetseg.data.samples import Sample
 
 
 def samples(count: int = 8, size: int = 128) -> list[Sample]:

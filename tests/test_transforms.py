@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unetseg.data.augment import PRESETS, AugmentSpec, augment_batch, get_spec
 from unetseg.data.classmap import IGNORE_INDEX
 from unetseg.errors import UserError
-from unetseg.transforms import PRESETS, AugmentSpec, augment_batch, get_spec
 
 GEOMETRY = AugmentSpec(affine_p=1.0, elastic_p=0.5)
 

@@ -12,12 +12,12 @@ def load(path: str, device: str = "auto", amp: bool = False):  # noqa: ANN201 - 
     """
     if str(path).lower().endswith(".onnx"):
         from unetseg.errors import UserError
-        from unetseg.onnx_predict import load as load_onnx
+        from unetseg.predict.onnx import load as load_onnx
 
         if amp:
             raise UserError(f"{path}: amp applies to PyTorch checkpoints; an ONNX model runs as it was exported")
         return load_onnx(path, device)
-    from unetseg.predict import load as _load
+    from unetseg.predict.segmenter import load as _load
 
     return _load(path, device, amp)
 

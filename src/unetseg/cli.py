@@ -77,9 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
 def train_command(values: dict) -> int:
     from pathlib import Path
 
+    from unetseg.core.checkpoint import load_checkpoint
     from unetseg.data.prepare import sample_dataset_dir
-    from unetseg.engine.checkpoint import load_checkpoint
-    from unetseg.engine.trainer import fit
+    from unetseg.train.loop import fit
 
     started = time.monotonic()  # a time budget counts from here (planning included)
     resume_from = values.pop("resume", None)
@@ -116,7 +116,7 @@ def train_command(values: dict) -> int:
                 file=sys.stderr,
             )
     if cfg.folds:
-        from unetseg.folds import cross_validate
+        from unetseg.train.folds import cross_validate
 
         return cross_validate(cfg)
     return fit(cfg, resume, started)["exit_code"]
@@ -125,9 +125,9 @@ def train_command(values: dict) -> int:
 def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
     """The plan for ``cfg``'s data on ``cfg``'s device."""
     from unetseg.config import parse_duration
+    from unetseg.core.device import resolve_device
     from unetseg.data.prepare import prepare_for
-    from unetseg.engine.precision import resolve_device
-    from unetseg.plan import make_plan
+    from unetseg.train.plan import make_plan
 
     data = prepare_for(cfg, fold=(cfg.fold or 0, cfg.folds) if cfg.folds else None)  # the split training will see
     budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
@@ -160,7 +160,7 @@ def apply_plan(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict]:
     """``cfg`` with the plan's choice for every option the user did not give, and those choices."""
     plan = planned(cfg)
     if cfg.log_format == "json":
-        from unetseg.loggers import json_line
+        from unetseg.tracking.runlog import json_line
 
         fields = {n: {"value": v, "reason": r, "given": explicit.get(n)} for n, v, r in plan}
         print(json_line("plan", fields), flush=True)
@@ -217,7 +217,7 @@ def launch_torchrun(nproc: int, args: list[str]) -> int:
 
 
 def evaluate_command(values: dict) -> int:
-    from unetseg.evaluate import evaluate_checkpoint
+    from unetseg.evaluation.api import evaluate_checkpoint
 
     evaluate_checkpoint(build(EvaluateConfig, values))
     return 0
@@ -226,9 +226,9 @@ def evaluate_command(values: dict) -> int:
 def predict_command(values: dict) -> int:
     cfg = build(PredictConfig, values)
     if cfg.model_path.lower().endswith(".onnx"):
-        from unetseg.onnx_predict import predict_files  # ONNX Runtime only: this path never imports torch
+        from unetseg.predict.onnx import predict_files  # ONNX Runtime only: this path never imports torch
     else:
-        from unetseg.predict_cli import predict_files
+        from unetseg.predict.pipeline import predict_files
     predict_files(cfg)
     return 0
 
@@ -241,8 +241,8 @@ def export_command(values: dict) -> int:
 
 
 def doctor_command(values: dict) -> int:
+    from unetseg.data.doctor import run_doctor
     from unetseg.data.prepare import sample_dataset_dir
-    from unetseg.doctor import run_doctor
 
     if not any(values.get(k) for k in ("data", "images", "masks")):
         values = values | {"data": str(sample_dataset_dir())}  # as train and plan: the bundled sample
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if command == "train" and "torch.distributed" in sys.modules:
-            from unetseg.engine.distributed import cleanup
+            from unetseg.core.distributed import cleanup
 
             cleanup()
 

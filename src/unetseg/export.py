@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from unetseg import __version__
-from unetseg.atomic import write_atomic
 from unetseg.config import ExportConfig
-from unetseg.engine.checkpoint import build_model, load_checkpoint
-from unetseg.engine.precision import normalize
+from unetseg.core.atomic import write_atomic
+from unetseg.core.checkpoint import build_model, load_checkpoint
+from unetseg.core.device import normalize
 from unetseg.errors import UserError
-from unetseg.onnx_predict import EXPORT_FORMAT, MIN_SIZE, require
+from unetseg.predict.onnx import EXPORT_FORMAT, MIN_SIZE, require
 
 DEFAULT_OPSET = 18  # the oldest opset torch's dynamo exporter writes without a (lossy) version conversion
 # Example size for tracing: odd at every U-Net level (31, 15, 7, 3) so every `Up` pads, which puts the padding

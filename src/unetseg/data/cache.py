@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.atomic import write_atomic
+from unetseg.core.atomic import write_atomic
 from unetseg.data.checks import FolderCheck
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import Sample, image_stats, load_sample, load_samples, scaled_size
 from unetseg.data.folder import Pair
 from unetseg.data.index import cache_lock, digest
+from unetseg.data.samples import Sample, image_stats, load_sample, load_samples, scaled_size
 from unetseg.errors import DataError, UserError
 
 CACHE_VERSION = 1

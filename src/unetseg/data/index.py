@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetseg.atomic import write_atomic
+from unetseg.core.atomic import write_atomic
 from unetseg.data.folder import Pair, color_keys, image_channels
 from unetseg.data.io import describe, probe_jpeg, read_bytes, read_image, read_mask
 from unetseg.errors import DataError, UserError

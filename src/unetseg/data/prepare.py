@@ -10,9 +10,9 @@ import numpy as np
 from unetseg.data.cache import decoded_samples
 from unetseg.data.checks import channel_notes, check_folder, default_channels, inspect_dataset, unknown_values
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import Sample, compute_norm, fold_indices, split_indices
 from unetseg.data.folder import Pair
 from unetseg.data.index import ScanResult
+from unetseg.data.samples import Sample, compute_norm, fold_indices, split_indices
 from unetseg.errors import DataError, UserError
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from unetseg.data.classmap import IGNORE_INDEX
-from unetseg.data.dataset import Sample
+from unetseg.data.samples import Sample
 
 
 class TrainBatches:

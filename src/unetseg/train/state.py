@@ -12,16 +12,16 @@ import torch
 from torch import nn
 
 from unetseg.config import TrainConfig, to_dict
+from unetseg.core.checkpoint import FORMAT, VERSION, CheckpointWriter, load_weights
+from unetseg.core.distributed import DistInfo
+from unetseg.data.augment import AugmentSpec
 from unetseg.data.prepare import Dataset
 from unetseg.data.sampler import TrainBatches
-from unetseg.engine.checkpoint import FORMAT, VERSION, CheckpointWriter, load_weights
-from unetseg.engine.distributed import DistInfo
-from unetseg.engine.ema import EMA
-from unetseg.engine.optim import Schedule
 from unetseg.errors import UserError
-from unetseg.loggers import RunLog
 from unetseg.models import model_spec
-from unetseg.transforms import AugmentSpec
+from unetseg.tracking.runlog import RunLog
+from unetseg.train.ema import EMA
+from unetseg.train.optim import Schedule
 
 
 @dataclass

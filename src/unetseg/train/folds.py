@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from unetseg.config import TrainConfig
+from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
+from unetseg.core.device import choose_dtype, resolve_device
 from unetseg.data.prepare import prepare_for
-from unetseg.engine.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
-from unetseg.engine.evaluation import evaluate
-from unetseg.engine.precision import choose_dtype, resolve_device
-from unetseg.engine.trainer import fit
 from unetseg.errors import UserError
-from unetseg.metrics import class_scores, foreground_mean
+from unetseg.evaluation.metrics import class_scores, foreground_mean
+from unetseg.evaluation.scoring import evaluate
+from unetseg.train.loop import fit
 
 
 def fold_dir(root: Path, fold: int) -> Path:

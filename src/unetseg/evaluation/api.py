@@ -1,7 +1,7 @@
 """``unetseg evaluate``: per-class and per-image scores of a checkpoint on a dataset.
 
-The scores follow the empty-mask rule and the reductions documented in :mod:`unetseg.metrics` (boundary
-distances: :mod:`unetseg.boundary`). The numbers come from the same function that scores validation during
+The scores follow the empty-mask rule and the reductions documented in :mod:`unetseg.evaluation.metrics` (boundary
+distances: :mod:`unetseg.evaluation.boundary`). The numbers come from the same function that scores validation during
 training, so they equal the validation scores in ``metrics.csv`` for the same images and precision.
 """
 
@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unetseg.boundary import DISTANCES, require_scipy
 from unetseg.config import EvaluateConfig
+from unetseg.core.checkpoint import build_model, load_checkpoint
+from unetseg.core.device import choose_dtype, resolve_device
 from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import evaluation_samples
-from unetseg.engine.checkpoint import build_model, load_checkpoint
-from unetseg.engine.evaluation import evaluate
-from unetseg.engine.precision import choose_dtype, resolve_device
 from unetseg.errors import UserError
-from unetseg.metrics import SCORES, nanmean
-from unetseg.report import (
+from unetseg.evaluation.boundary import DISTANCES, require_scipy
+from unetseg.evaluation.metrics import SCORES, nanmean
+from unetseg.evaluation.report import (
     json_safe,
     print_report,
     worst_images,
@@ -30,6 +29,7 @@ from unetseg.report import (
     write_confusion_png,
     write_per_image_csv,
 )
+from unetseg.evaluation.scoring import evaluate
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:

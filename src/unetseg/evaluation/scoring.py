@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetseg.data.dataset import Sample, eval_batches
-from unetseg.engine.distributed import DistInfo, all_reduce_sum, gather_lists
-from unetseg.engine.precision import autocast, normalize
-from unetseg.metrics import (
+from unetseg.core.device import autocast, normalize
+from unetseg.core.distributed import DistInfo, all_reduce_sum, gather_lists
+from unetseg.data.samples import Sample, eval_batches
+from unetseg.evaluation.metrics import (
     class_scores,
     confusion_matrix,
     foreground_mean,
@@ -37,7 +37,7 @@ def evaluate(
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
     Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), per-image
-    scores (in the order of ``samples``) and the rest of :func:`unetseg.metrics.summarize`. All integer
+    scores (in the order of ``samples``) and the rest of :func:`unetseg.evaluation.metrics.summarize`. All integer
     accumulation stays on the device until the end (one host sync per evaluation). Under DDP each rank scores
     every world-th image and the integer counts are summed: no image twice, none lost. ``batches`` (from
     :func:`device_batches`) replaces ``samples`` with batches already resident on the device. ``boundary`` adds
@@ -60,7 +60,7 @@ def evaluate(
         counts.append(per_image_counts(pred, target, num_classes))
         names += batch_names
         if boundary:
-            from unetseg.boundary import boundary_scores
+            from unetseg.evaluation.boundary import boundary_scores
 
             distances.append(boundary_scores(pred.cpu().numpy(), masks.cpu().numpy(), num_classes))  # CPU-GPU sync
     model.train(was_training)

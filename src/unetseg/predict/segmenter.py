@@ -2,8 +2,8 @@
 
 Images are resized by the scale the model was trained at (bicubic), run through the model, and the logits are
 resized back to the input size (bilinear) before softmax/sigmoid, exactly as Pytorch-UNet's ``predict.py`` does.
-``tile`` runs the model on overlapping windows (:mod:`unetseg.tiling`), ``tta`` averages flipped/turned views
-in probability space (:mod:`unetseg.tta`). A list of images is predicted in batches of same-size images.
+``tile`` runs the model on overlapping windows (:mod:`unetseg.predict.tiling`), ``tta`` averages flipped/turned views
+in probability space (:mod:`unetseg.predict.tta`). A list of images is predicted in batches of same-size images.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetseg import tta as tta_views
 from unetseg.config import check_tiling
+from unetseg.core.checkpoint import build_model, load_checkpoint
+from unetseg.core.device import autocast, choose_dtype, normalize, resolve_device
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import resize_image, scaled_size
-from unetseg.engine.checkpoint import build_model, load_checkpoint
-from unetseg.engine.precision import autocast, choose_dtype, normalize, resolve_device
+from unetseg.data.samples import resize_image, scaled_size
 from unetseg.errors import UserError
-from unetseg.inference import as_image_array
-from unetseg.tiling import sliding_window
+from unetseg.predict import tta as tta_views
+from unetseg.predict.files import as_image_array
+from unetseg.predict.tiling import sliding_window
 
 FORMATS = ("value", "index", "color")
 

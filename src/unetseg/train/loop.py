@@ -21,22 +21,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
+from unetseg.core import distributed
+from unetseg.core.checkpoint import load_checkpoint, load_weights
+from unetseg.core.device import autocast, choose_dtype, resolve_device, standardize, to_unit
+from unetseg.data.augment import augment_batch, get_spec
 from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
 from unetseg.data.sampler import TrainBatches, prefetch
-from unetseg.engine import distributed
-from unetseg.engine.checkpoint import load_checkpoint, load_weights
-from unetseg.engine.ema import EMA
-from unetseg.engine.evaluation import device_batches, evaluate
-from unetseg.engine.optim import Schedule, build_optimizer
-from unetseg.engine.precision import autocast, choose_dtype, resolve_device, standardize, to_unit
-from unetseg.engine.report import gallery, report_end, report_round, summary
-from unetseg.engine.signals import StopSignal
-from unetseg.engine.state import Run, restore, save
 from unetseg.errors import UserError
-from unetseg.loggers import RunLog
-from unetseg.losses import build_loss
+from unetseg.evaluation.scoring import device_batches, evaluate
 from unetseg.models import create_model
-from unetseg.transforms import augment_batch, get_spec
+from unetseg.tracking.runlog import RunLog
+from unetseg.train.ema import EMA
+from unetseg.train.losses import build_loss
+from unetseg.train.optim import Schedule, build_optimizer
+from unetseg.train.signals import StopSignal
+from unetseg.train.state import Run, restore, save
+from unetseg.train.summary import gallery, report_end, report_round, summary
 
 
 class StopTraining(Exception):

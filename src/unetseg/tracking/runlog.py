@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from unetseg import plots, trackers
 from unetseg.errors import UserError
+from unetseg.tracking import backends as trackers
+from unetseg.tracking import plots
 
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from unetseg.boundary import DISTANCES
-from unetseg.metrics import SCORES
+from unetseg.evaluation.boundary import DISTANCES
+from unetseg.evaluation.metrics import SCORES
 
 
 def show(value: float, digits: int = 4) -> str:

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from unetseg.config import to_dict
+from unetseg.core.device import autocast, normalize
 from unetseg.data.prepare import class_frequencies
-from unetseg.engine.precision import autocast, normalize
-from unetseg.engine.state import Run
-from unetseg.metrics import predict_classes
+from unetseg.evaluation.metrics import predict_classes
+from unetseg.train.state import Run
 
 GALLERY_SIZE = 4  # validation images shown in panels and the prediction gallery
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unetseg.atomic import write_atomic
+from unetseg.core.atomic import write_atomic
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
 from unetseg.models import create_model, model_spec

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unetseg.inference import sidecar
+from unetseg.predict.files import sidecar
 
 
 @dataclass

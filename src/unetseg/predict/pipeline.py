@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from unetseg.config import PredictConfig
 from unetseg.errors import UserError
-from unetseg.inference import (
+from unetseg.predict.files import (
     check_predict_args,
     expand_inputs,
     finish,
@@ -31,8 +31,8 @@ from unetseg.inference import (
     sidecar,
     write_mask_file,
 )
-from unetseg.predict import Segmenter, load
-from unetseg.writers import HostBatch, to_host, write_probs
+from unetseg.predict.segmenter import Segmenter, load
+from unetseg.predict.writers import HostBatch, to_host, write_probs
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Prediction with an exported ONNX model on ONNX Runtime; PyTorch is not imported on this path.
 
-The steps mirror :class:`unetseg.predict.Segmenter` so both give the same masks: the same channel matching and
+The steps mirror :class:`unetseg.predict.segmenter.Segmenter` so both give the same masks: the same channel matching and
 Pillow bicubic resize by the training scale, the graph (which holds the normalisation), then logits brought back
 to the input size with the same bilinear interpolation as ``F.interpolate(mode="bilinear", align_corners=False)``.
 """
@@ -17,9 +17,9 @@ import numpy as np
 
 from unetseg.config import PredictConfig
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import resize_image, scaled_size
+from unetseg.data.samples import resize_image, scaled_size
 from unetseg.errors import UserError
-from unetseg.inference import as_image_array, check_predict_args, predict_to_files
+from unetseg.predict.files import as_image_array, check_predict_args, predict_to_files
 
 EXPORT_FORMAT = "unetseg-export"
 MIN_SIZE = 16  # four 2x max-poolings must leave at least one pixel
@@ -105,7 +105,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxSegmenter:
-    """An exported ONNX model ready to predict, with the same methods as :class:`unetseg.predict.Segmenter`."""
+    """An exported ONNX model ready to predict, with the methods of :class:`unetseg.predict.segmenter.Segmenter`."""
 
     def __init__(self, path: str | Path, device: str = "auto") -> None:
         ort = require("onnxruntime")

@@ -1,6 +1,6 @@
 """The runtime-independent half of prediction: inputs, outputs and image handling, without PyTorch.
 
-Both the PyTorch checkpoint path (``unetseg.predict``) and the ONNX Runtime path (``unetseg.onnx_predict``)
+Both the PyTorch checkpoint path (``unetseg.predict.segmenter``) and the ONNX Runtime path (``unetseg.predict.onnx``)
 use these, so the two give the same files for the same masks. Nothing here may import torch.
 """
 
@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from unetseg.config import PredictConfig
 from unetseg.data.classmap import ClassMap
-from unetseg.data.dataset import match_channels
 from unetseg.data.io import IMAGE_SUFFIXES, is_image_file, read_image, to_image_dtype, write_mask
+from unetseg.data.samples import match_channels
 from unetseg.errors import UserError
 
 
@@ -169,7 +169,7 @@ def finish(cfg: PredictConfig, rows: list[dict], outputs: list[Path]) -> Path:
 
 def predict_to_files(cfg: PredictConfig, predictor: Predictor) -> list[Path]:
     """One mask per input, one image at a time (the ONNX Runtime path; PyTorch has the batched pipeline of
-    :mod:`unetseg.predict_cli`), with the same files: masks, --overlay, ``predictions.csv``."""
+    :mod:`unetseg.predict.pipeline`), with the same files: masks, --overlay, ``predictions.csv``."""
     inputs = expand_inputs(cfg.input)
     outputs = output_paths(inputs, cfg.output, cfg.suffix)
     rows = []

@@ -1,0 +1,1 @@
+"""Shared plumbing every other part uses: checkpoints, device and precision, distributed processes, atomic writes."""

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from unetseg.config import TrainConfig
 from unetseg.tracking import runlog as loggers
-from unetseg.train import loop as trainer
+from unetseg.training import loop as trainer
 
 SETS = {
     "off": None,

@@ -34,8 +34,8 @@ from unetseg.data.augment import augment_batch, get_spec
 from unetseg.data.prepare import prepare
 from unetseg.data.sampler import TrainBatches
 from unetseg.models.unet import UNet
-from unetseg.train import loop as trainer
-from unetseg.train.losses import ce_dice_loss
+from unetseg.training import loop as trainer
+from unetseg.training.losses import ce_dice_loss
 
 TFLOP_PER_IMAGE = 2.69  # forward + backward of the width-64 U-Net on 959x640 (issue's measurement)
 BOUND_IMG_S = 296  # 798 TFLOP/s bf16 matmul on the H100 / 2.69 TFLOP

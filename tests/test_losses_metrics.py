@@ -12,7 +12,7 @@ from unetseg.data.classmap import IGNORE_INDEX
 from unetseg.data.samples import Sample
 from unetseg.evaluation.metrics import class_scores, confusion_matrix, foreground_mean, image_dice, per_image_counts
 from unetseg.evaluation.scoring import evaluate
-from unetseg.train.losses import build_loss, ce_dice_loss, soft_dice_loss
+from unetseg.training.losses import build_loss, ce_dice_loss, soft_dice_loss
 
 
 def test_confusion_matrix_and_dice_by_hand():

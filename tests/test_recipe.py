@@ -16,7 +16,7 @@ from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.data.prepare import prepare
 from unetseg.data.samples import fold_indices
 from unetseg.models.ensemble import Ensemble
-from unetseg.train.plan import make_plan
+from unetseg.training.plan import make_plan
 
 TINY = ["--width", "4", "-e", "1", "-b", "2", "--workers", "1", "--quiet", "--no-save-epochs"]
 

@@ -16,7 +16,7 @@ import torch
 
 from conftest import make_dataset
 from unetseg.cli import main
-from unetseg.train import loop as trainer
+from unetseg.training import loop as trainer
 
 BASE = ["--width", "4", "-b", "2", "--workers", "1", "--val-rounds", "2", "--quiet", "--no-save-epochs"]
 

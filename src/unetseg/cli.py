@@ -79,7 +79,7 @@ def train_command(values: dict) -> int:
 
     from unetseg.core.checkpoint import load_checkpoint
     from unetseg.data.prepare import sample_dataset_dir
-    from unetseg.train.loop import fit
+    from unetseg.training.loop import fit
 
     started = time.monotonic()  # a time budget counts from here (planning included)
     resume_from = values.pop("resume", None)
@@ -116,7 +116,7 @@ def train_command(values: dict) -> int:
                 file=sys.stderr,
             )
     if cfg.folds:
-        from unetseg.train.folds import cross_validate
+        from unetseg.training.folds import cross_validate
 
         return cross_validate(cfg)
     return fit(cfg, resume, started)["exit_code"]
@@ -127,7 +127,7 @@ def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
     from unetseg.config import parse_duration
     from unetseg.core.device import resolve_device
     from unetseg.data.prepare import prepare_for
-    from unetseg.train.plan import make_plan
+    from unetseg.training.plan import make_plan
 
     data = prepare_for(cfg, fold=(cfg.fold or 0, cfg.folds) if cfg.folds else None)  # the split training will see
     budget = parse_duration(cfg.time_budget) if cfg.time_budget else None

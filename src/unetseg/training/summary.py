@@ -14,7 +14,7 @@ from unetseg.config import to_dict
 from unetseg.core.device import autocast, normalize
 from unetseg.data.prepare import class_frequencies
 from unetseg.evaluation.metrics import predict_classes
-from unetseg.train.state import Run
+from unetseg.training.state import Run
 
 GALLERY_SIZE = 4  # validation images shown in panels and the prediction gallery
 

@@ -17,7 +17,7 @@ from unetseg.data.prepare import prepare_for
 from unetseg.errors import UserError
 from unetseg.evaluation.metrics import class_scores, foreground_mean
 from unetseg.evaluation.scoring import evaluate
-from unetseg.train.loop import fit
+from unetseg.training.loop import fit
 
 
 def fold_dir(root: Path, fold: int) -> Path:

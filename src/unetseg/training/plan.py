@@ -16,7 +16,7 @@ import torch
 from unetseg.core.device import autocast, choose_dtype
 from unetseg.data.prepare import Dataset, class_frequencies
 from unetseg.models.unet import UNet
-from unetseg.train.losses import build_loss
+from unetseg.training.losses import build_loss
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.

@@ -31,12 +31,12 @@ from unetseg.errors import UserError
 from unetseg.evaluation.scoring import device_batches, evaluate
 from unetseg.models import create_model
 from unetseg.tracking.runlog import RunLog
-from unetseg.train.ema import EMA
-from unetseg.train.losses import build_loss
-from unetseg.train.optim import Schedule, build_optimizer
-from unetseg.train.signals import StopSignal
-from unetseg.train.state import Run, restore, save
-from unetseg.train.summary import gallery, report_end, report_round, summary
+from unetseg.training.ema import EMA
+from unetseg.training.losses import build_loss
+from unetseg.training.optim import Schedule, build_optimizer
+from unetseg.training.signals import StopSignal
+from unetseg.training.state import Run, restore, save
+from unetseg.training.summary import gallery, report_end, report_round, summary
 
 
 class StopTraining(Exception):

@@ -20,8 +20,8 @@ from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
 from unetseg.models import model_spec
 from unetseg.tracking.runlog import RunLog
-from unetseg.train.ema import EMA
-from unetseg.train.optim import Schedule
+from unetseg.training.ema import EMA
+from unetseg.training.optim import Schedule
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 from conftest import make_dataset
 from unetseg.cli import main
@@ -138,7 +139,7 @@ def test_nproc_starts_torchrun_for_the_user(tmp_path):
 
 def test_processes_stop_together_at_the_time_budget_and_the_launcher_plans_once(tmp_path):
     """Each process's clock differs a little; they must stop after the same step, or one waits forever for the
-    other's gradients. The plan is made once by the launcher and handed to both processes as options."""
+    other's gradients. The plan is made once by the launcher and handed to both processes in a configuration file."""
     data = make_dataset(tmp_path / "d", count=12, size=(32, 32))
     run = tmp_path / "run"
     command = [sys.executable, "-m", "unetseg", "train", "--nproc", "2", "--data", str(data), "--out", str(run)]
@@ -147,7 +148,9 @@ def test_processes_stop_together_at_the_time_budget_and_the_launcher_plans_once(
         command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "plan (from the data and the device)" in result.stdout and "--no-plan" in result.stderr
+    assert "plan (from the data and the device)" in result.stdout and "--config" in result.stderr
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["plan"] is False and saved["nproc"] is None and saved["time_budget"] == "6s"
     assert "reached --time-budget 6s" in result.stdout
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["train_state"]["state"]["step"] > 0
 

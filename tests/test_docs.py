@@ -1,4 +1,4 @@
-"""The Python example in docs/predict.md runs as written."""
+"""The Python examples in docs/predict.md and docs/api.md run as written."""
 
 from __future__ import annotations
 
@@ -30,3 +30,19 @@ def test_predict_md_python_example_runs(tmp_path, monkeypatch):
     assert namespace["mask"].shape == (48, 72) and namespace["probs"].shape == (2, 48, 72)
     assert len(namespace["masks"]) == 2 and np.array_equal(namespace["masks"][0], namespace["mask"])
     assert namespace["colors"].shape == (48, 72, 3) and (tmp_path / "car_colors.png").is_file()
+
+
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def test_api_md_example_runs(tmp_path, monkeypatch):
+    from conftest import make_dataset
+
+    make_dataset(tmp_path / "data", count=4, size=(32, 32))
+    monkeypatch.chdir(tmp_path)
+    code = re.findall(r"```python\n(.*?)```", API_DOC.read_text(), flags=re.S)
+    assert len(code) == 1
+    namespace: dict = {}
+    exec(compile(code[0], str(API_DOC), "exec"), namespace)
+    assert namespace["result"].exit_code == 0 and namespace["more"].steps == 2 * namespace["result"].steps
+    assert namespace["report"]["images"] == 4 and namespace["mask"].shape == (32, 32)

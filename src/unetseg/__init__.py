@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unetseg.training.api import TrainResult
+
 __version__ = "0.1.0"
+
+
+def train(data: str | Path | None = None, **options: Any) -> TrainResult:
+    """Train a model as ``unetseg train`` does: ``unetseg.train(data="DIR", epochs=1, width=8, out="run")``.
+
+    Options take the command's long names with underscores; the result names the run directory, the best
+    validation score and the checkpoints. See docs/api.md.
+    """
+    from unetseg.training.api import train as _train
+
+    return _train(data, **options)
+
+
+def evaluate(model: str | Path, data: str | Path | None = None, **options: Any) -> dict:
+    """Score a checkpoint on a dataset as ``unetseg evaluate`` does; returns the report that ``--json`` writes.
+
+    ``unetseg.evaluate("run/checkpoints/best.pt", "DIR")["dice_fg"]``; options as the command's
+    (``images=..., masks=..., out=..., boundary=True``).
+    """
+    from unetseg.config import EvaluateConfig, build
+    from unetseg.evaluation.api import evaluate_checkpoint
+
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+    values |= {"model_path": str(model)} | ({"data": str(data)} if data is not None else {})
+    return evaluate_checkpoint(build(EvaluateConfig, values))
 
 
 def load(path: str, device: str = "auto", amp: bool = False):  # noqa: ANN201 - a Segmenter or an OnnxSegmenter
@@ -22,4 +53,4 @@ def load(path: str, device: str = "auto", amp: bool = False):  # noqa: ANN201 - 
     return _load(path, device, amp)
 
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "evaluate", "load", "train"]

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 import traceback
 
-from unetseg.config import DoctorConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build, load_yaml
+from unetseg.config import DoctorConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build
 from unetseg.errors import UserError
-
-# Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly: a width-32
-# U-Net on 256 x 256 crops for eight minutes (the cosine schedule follows the clock), which ends above 0.85
-# foreground Dice on 2 CPU cores (README); one validation round per epoch, as epochs are short here.
-SAMPLE_PRESET = {
-    "width": 32,
-    "epochs": 100000,
-    "time_budget": "8m",
-    "batch_size": 8,
-    "patch_size": 256,
-    "val_rounds": 1,
-}
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -75,145 +62,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def train_command(values: dict) -> int:
-    from pathlib import Path
-
-    from unetseg.core.checkpoint import load_checkpoint
-    from unetseg.data.prepare import sample_dataset_dir
-    from unetseg.training.loop import fit
+    from unetseg.training.api import train_from_options
 
     started = time.monotonic()  # a time budget counts from here (planning included)
-    resume_from = values.pop("resume", None)
-    resume = None
-    if resume_from:
-        path = Path(resume_from)
-        path = path / "checkpoints" / "last.pt" if path.is_dir() else path
-        resume = load_checkpoint(path)
-        saved = dict(resume.get("config") or {})
-        if not saved:
-            raise UserError(f"--resume {resume_from}: checkpoint carries no run configuration; use -f/--load instead")
-        saved["out"] = str(path.parent.parent) if path.parent.name == "checkpoints" else saved.get("out")
-        values = saved | values
-    if "config" in values and values["config"]:
-        values = load_yaml(values["config"]) | values
-    if not any(values.get(k) for k in ("data", "images", "masks")):
-        values = SAMPLE_PRESET | values | {"data": str(sample_dataset_dir())}
-    cfg = build(TrainConfig, values)
-    launched = "WORLD_SIZE" in os.environ
-    if cfg.nproc and not launched:
-        from unetseg.data.folder import find_folders
-
-        find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
-        # Planned once here, so that every process trains with the same settings.
-        chosen = apply_plan(cfg, values)[1] if cfg.plan and resume is None else {}
-        return launch_torchrun(cfg.nproc, [*argv_without_nproc(), *option_args(chosen), "--no-plan"])
-    if cfg.plan and resume is None:
-        if not launched:
-            cfg = apply_plan(cfg, values)[0]
-        elif int(os.environ["WORLD_SIZE"]) > 1 and os.environ.get("RANK") == "0":
-            print(
-                "unetseg train: no plan under torchrun (the processes could plan differently); use `unetseg train "
-                "--nproc N`, which plans once, or give the options `unetseg plan` prints",
-                file=sys.stderr,
-            )
-    if cfg.folds:
-        from unetseg.training.folds import cross_validate
-
-        return cross_validate(cfg)
-    return fit(cfg, resume, started)["exit_code"]
-
-
-def planned(cfg: TrainConfig) -> list[tuple[str, object, str]]:
-    """The plan for ``cfg``'s data on ``cfg``'s device."""
-    from unetseg.config import parse_duration
-    from unetseg.core.device import resolve_device
-    from unetseg.data.prepare import prepare_for
-    from unetseg.training.plan import make_plan
-
-    data = prepare_for(cfg, fold=(cfg.fold or 0, cfg.folds) if cfg.folds else None)  # the split training will see
-    budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
-    return make_plan(data, resolve_device(cfg.device), budget)
-
-
-def show_plan(plan: list[tuple[str, object, str]], explicit: dict) -> None:
-    for name, value, reason in plan:
-        given = f"  (you gave {explicit[name]})" if name in explicit else ""
-        print(f"  {name:<14} {str(value):<22} {reason}{given}")
-
-
-def plan_options(plan: list[tuple[str, object, str]]) -> dict:
-    """The plan's choices that are training options (the plan also reports e.g. normalisation)."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {name: value for name, value, _ in plan if name in fields}
-
-
-def option_args(options: dict) -> list[str]:
-    """``{"batch_size": 8}`` -> ``["--batch-size", "8"]``; options left at None are left out."""
-    return [
-        arg
-        for name, value in options.items()
-        if value is not None
-        for arg in (f"--{name.replace('_', '-')}", str(value))
-    ]
-
-
-def apply_plan(cfg: TrainConfig, explicit: dict) -> tuple[TrainConfig, dict]:
-    """``cfg`` with the plan's choice for every option the user did not give, and those choices."""
-    plan = planned(cfg)
-    if cfg.log_format == "json":
-        from unetseg.tracking.runlog import json_line
-
-        fields = {n: {"value": v, "reason": r, "given": explicit.get(n)} for n, v, r in plan}
-        print(json_line("plan", fields), flush=True)
-    elif not cfg.quiet:
-        print("plan (from the data and the device):")
-        show_plan(plan, explicit)
-    chosen = {n: v for n, v in plan_options(plan).items() if n not in explicit}
-    return dataclasses.replace(cfg, **chosen), chosen
+    return train_from_options(values, started).exit_code
 
 
 def plan_command(values: dict) -> int:
-    from unetseg.data.prepare import sample_dataset_dir
+    from unetseg.training.api import plan_report
 
-    if not any(values.get(k) for k in ("data", "images", "masks")):
-        values = values | {"data": str(sample_dataset_dir())}
-    cfg = build(TrainConfig, values)
-    plan = planned(cfg)
-    print(f"plan for {cfg.data or cfg.images} (from the data and the device):")
-    show_plan(plan, values)
-    options = " ".join(option_args(plan_options(plan)))
-    print(f"train with: unetseg train --data {cfg.data} {options}")
+    print("\n".join(plan_report(values)))
     return 0
-
-
-def argv_without_nproc() -> list[str]:
-    """This command line minus ``--nproc N`` (the launched processes must not launch again)."""
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    return args
-
-
-def launch_torchrun(nproc: int, args: list[str]) -> int:
-    """``unetseg train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m unetseg train ...``."""
-    import subprocess
-
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "unetseg",
-        *args,
-    ]
-    print("launching: " + " ".join(command[2:]), file=sys.stderr)
-    return subprocess.call(command)
 
 
 def evaluate_command(values: dict) -> int:

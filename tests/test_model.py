@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +30,19 @@ def test_channels_last_matches_contiguous():
     assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
 
 
+# Pytorch-UNet's state-dict layout (names, shapes, dtypes), copied from its checkpoints into the tests.
+REFERENCE_KEYS = Path(__file__).resolve().parent / "data" / "pytorch-unet-checkpoint-keys.txt"
+
+
+def test_the_copied_key_list_equals_the_shared_reference():
+    shared = SHARED / "reference" / "pytorch-unet-checkpoint-keys.txt"
+    if not shared.exists():
+        pytest.skip("needs ../shared/reference")
+    assert REFERENCE_KEYS.read_text() == shared.read_text()
+
+
 def _reference_layouts() -> dict[bool, list[tuple[str, tuple[int, ...]]]]:
-    text = (SHARED / "reference" / "pytorch-unet-checkpoint-keys.txt").read_text()
+    text = REFERENCE_KEYS.read_text()
     layouts, current = {}, None
     for line in text.splitlines():
         header = re.match(r"# UNet\(.*bilinear=(True|False)\)", line)
@@ -44,7 +56,6 @@ def _reference_layouts() -> dict[bool, list[tuple[str, tuple[int, ...]]]]:
     return layouts
 
 
-@pytest.mark.skipif(not (SHARED / "reference").exists(), reason="needs ../shared/reference")
 @pytest.mark.parametrize("bilinear", [False, True])
 def test_state_dict_layout_equals_pytorch_unet(bilinear):
     expected = _reference_layouts()[bilinear]

@@ -30,3 +30,20 @@ def test_recipe_benchmark_smoke():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "synthetic shapes, 1%-pixel class" in result.stdout and "class3" in result.stdout
+
+
+def test_generalization_benchmark_smoke(tmp_path):
+    rows = tmp_path / "rows.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_generalize.py"), "--smoke", "--json", str(rows)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| smoke | 0.1 min | miou |" in result.stdout and "mean ratio" in result.stdout
+    import json
+
+    (row,) = json.loads(rows.read_text())
+    assert 0 <= row["naive"] <= 1 and 0 <= row["unetseg"] <= 1 and row["naive_epochs"] >= 1
+    assert set(row["iou"]) == {"0", "1", "2"} and abs(sum(row["share"].values()) - 1) < 1e-9

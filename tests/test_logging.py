@@ -121,15 +121,25 @@ def test_offline_wandb_run_folder(logged):
     assert media and all(Image.open(p).format == "PNG" for p in media)
 
 
-def test_plots_are_pngs_of_the_expected_size(logged):
+def tall_runs(column: np.ndarray, background: np.ndarray, least: int) -> int:
+    """How many runs of at least ``least`` consecutive non-background pixels a pixel column holds."""
+    inked = (column != background).any(-1).astype(int)
+    edges = np.diff(np.r_[0, inked, 0])
+    starts, ends = np.where(edges == 1)[0], np.where(edges == -1)[0]
+    return int(((ends - starts) >= least).sum())
+
+
+def test_plots_show_the_curves_and_one_gallery_row_per_validation_image(logged):
     run, _ = logged
-    curves = Image.open(run / "plots" / "curves.png")
-    assert curves.format == "PNG" and curves.size == plots.CURVES_SIZE
-    gallery = Image.open(run / "plots" / "gallery.png")
-    fake = [{"truth": np.zeros((32, 32), np.uint8)}] * 3
-    assert gallery.format == "PNG" and gallery.size == plots.gallery_size(fake)
-    colours = np.unique(np.asarray(curves.convert("RGB")).reshape(-1, 3), axis=0)
-    assert len(colours) > 10  # lines, text and grid, not a blank picture
+    curves = np.asarray(Image.open(run / "plots" / "curves.png").convert("RGB"))
+    assert len(np.unique(curves.reshape(-1, 3), axis=0)) > 10  # lines, text and grid, not a blank picture
+    gallery = np.asarray(Image.open(run / "plots" / "gallery.png").convert("RGB"))
+    # 12 images, -v 25: 3 validation images, each a row of image / truth / prediction / overlay
+    assert tall_runs(gallery[:, gallery.shape[1] // 8], gallery[0, 0], least=100) == 3
+    truth = gallery[:, gallery.shape[1] * 3 // 8]
+    colours = {tuple(c) for c in truth}
+    class_map = ClassMap(values=[0, 128, 255])
+    assert {tuple(class_map.colors[k]) for k in (1, 2)} <= colours  # the truth tiles show both foreground classes
 
 
 def test_quiet_prints_nothing(tmp_path, capfd, wandb_env):

@@ -34,9 +34,35 @@ def test_plan_chooses_whole_images_class_weights_and_epochs_for_a_budget(tmp_pat
     chosen = make_plan(data, torch.device("cpu"), time_budget_s=20)
     plan, why = {n: v for n, v, _ in chosen}, {n: r for n, _, r in chosen}
     assert plan["patch_size"] is None and plan["width"] == 16 and plan["batch_size"] == 8  # short budget: narrow
-    assert plan["class_weights"] in ("auto", "none")
+    shares = np.bincount(np.concatenate([s.mask.ravel() for s in data.train]), minlength=3) / sum(
+        s.mask.size for s in data.train
+    )
+    assert plan["class_weights"] == ("auto" if shares.min() < 0.05 else "none")
     assert plan["epochs"] == 100_000 and "s per step measured here" in why["epochs"]  # the budget ends the run
     assert make_plan(data, torch.device("cpu"))[1][1] == 32  # no budget: the wider CPU model
+
+
+def halves_and_dots(root, count: int, dot: bool):
+    """Masks that are half class 1, plus (with ``dot``) a 2 x 2 dot of class 2: a class under 1% of the pixels."""
+    for sub in ("imgs", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[:, 20:] = 1
+        if dot:
+            mask[5:7, 5:7] = 2
+        Image.fromarray((mask * 100).astype(np.uint8)).save(root / "imgs" / f"i{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"i{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("dot, weights", [(True, "auto"), (False, "none")])
+def test_plan_weights_the_loss_only_when_a_class_is_rare(tmp_path, dot, weights):
+    root = halves_and_dots(tmp_path / "d", 5, dot)
+    data = prepare(str(root), None, None, None, None, None, 1.0, 0, 0)
+    chosen = {n: (v, r) for n, v, r in make_plan(data, torch.device("cpu"))}
+    assert chosen["class_weights"][0] == weights
+    assert ("class2" in chosen["class_weights"][1] or "2" in chosen["class_weights"][1]) == dot
 
 
 def test_plan_spaces_validation_rounds_by_their_cost(tmp_path):

@@ -22,8 +22,8 @@ def samples(count: int = 8, size: int = 128) -> list[Sample]:
 
 def test_foreground_centred_crops_always_hold_the_object():
     batches = TrainBatches(samples(), 4, (32, 32), seed=0, foreground_share=1.0)
-    for _, masks in batches.epoch(0):
-        assert all((m == 1).any() for m in masks)
+    crops = [m for _, masks in batches.epoch(0) for m in masks]
+    assert len(crops) == 8 and all((m == 1).any() for m in crops)
     random = TrainBatches(samples(), 4, (32, 32), seed=0, foreground_share=0.0)
     hits = [bool((m == 1).any()) for _, masks in random.epoch(0) for m in masks]
     assert not all(hits)  # plain random crops of a 128 px image mostly miss a corner object
@@ -33,6 +33,7 @@ def test_same_epoch_same_batches_and_resume_from_a_batch():
     batches = TrainBatches(samples(), 2, (32, 32), seed=4)
     first = [x for x, _ in batches.epoch(3)]
     again = [x for x, _ in batches.epoch(3, start=2)]
+    assert len(first) == 4 and len(again) == 2
     assert all(torch.equal(a, b) for a, b in zip(first[2:], again))
     assert not torch.equal(first[0], next(batches.epoch(4))[0])
 
@@ -42,8 +43,11 @@ def test_two_ranks_together_see_the_global_batch_of_one_process():
     one = TrainBatches(data, 4, (32, 32), seed=1)
     ranks = [TrainBatches(data, 2, (32, 32), seed=1, rank=r, world=2) for r in range(2)]
     assert len(one) == len(ranks[0]) == 2
+    compared = 0
     for whole, part0, part1 in zip(one.epoch(0), ranks[0].epoch(0), ranks[1].epoch(0)):
         assert torch.equal(whole[0], torch.cat([part0[0], part1[0]]))
+        compared += 1
+    assert compared == 2
 
 
 def test_small_images_are_padded_with_ignore():
@@ -56,7 +60,7 @@ def test_prefetch_yields_the_same_batches_and_passes_errors_on():
     batches = TrainBatches(samples(), 2, (32, 32), seed=4)
     direct = [x for x, _ in batches.epoch(0)]
     fetched = [x for x, _ in prefetch(batches.epoch(0), pin=False)]
-    assert all(torch.equal(a, b) for a, b in zip(direct, fetched)) and len(direct) == len(fetched)
+    assert len(direct) == len(fetched) == 4 and all(torch.equal(a, b) for a, b in zip(direct, fetched))
 
     def broken():
         yield torch.zeros(1), torch.zeros(1)

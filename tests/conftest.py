@@ -75,3 +75,37 @@ def save_array(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
+
+
+# Markers, so that `pytest -m "not slow"` gives a quick run: whole files by what they exercise, and the single
+# tests that take over about 5 s on 2 CPU cores (`pytest --durations=40` lists them).
+FILE_MARKERS = {
+    "test_distributed.py": ("distributed", "slow"),
+    "test_predict_gpu.py": ("gpu",),
+    "test_benchmarks.py": ("slow",),
+    "test_bench_data.py": ("slow",),
+    "test_bench_predict.py": ("slow",),
+}
+SLOW_TESTS = {
+    "test_logging.py::test_logging_benchmark_smoke",
+    "test_logging.py::test_only_rank_0_logs_under_two_processes",
+    "test_logging.py::test_unreachable_wandb_service_does_not_stop_training",
+    "test_resume.py::test_repeatable_with_a_seed",
+    "test_resume.py::test_sigkill_then_resume_equals_an_uninterrupted_run",
+    "test_resume.py::test_sigint_saves_a_resumable_checkpoint_and_exits_130",
+    "test_recipe.py::test_ensemble_exports_to_onnx_with_the_same_masks",
+    "test_export.py::test_onnx_logits_match_pytorch_on_sizes_not_seen_at_export",
+    "test_export.py::test_an_export_that_fails_on_other_sizes_is_refused",
+    "test_export.py::test_onnx_with_argmax_outputs_the_class_indices",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        file = item.path.name
+        for name in FILE_MARKERS.get(file, ()):
+            item.add_marker(name)
+        if f"{file}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker("slow")
+        if "tests/test_logging.py::test_only_rank_0" in item.nodeid:
+            item.add_marker("distributed")

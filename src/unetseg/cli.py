@@ -54,6 +54,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_options(evaluate, EvaluateConfig)
     predict = sub.add_parser("predict", help="masks for image files, folders or globs")
     add_options(predict, PredictConfig)
+    predict.add_argument("-n", dest="save", action="store_false", default=argparse.SUPPRESS, help="= --no-save")
     export = sub.add_parser("export", help="an ONNX or TorchScript model that takes raw pixels, with its class map")
     add_options(export, ExportConfig)
     doctor = sub.add_parser("doctor", help="check a dataset before training: what is wrong and how to fix it")

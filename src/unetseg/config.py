@@ -237,20 +237,38 @@ class DoctorConfig(DataConfig):
 class PredictConfig:
     """``unetseg predict``: masks for image files, folders or globs."""
 
+    # Lossless types that hold masks; JPEG and WebP would change mask values.
+    SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif", ".npy")
+
     model_path: str = option(
         "", "checkpoint (unetseg .pt or Pytorch-UNet .pth), or an ONNX file written by unetseg export", "-m"
     )
     input: list[str] = option(None, "image files, folders or globs", "-i")
-    output: str | None = option(None, "output folder, or a file name when there is one input", "-o")
+    output: list[str] | None = option(
+        None,
+        "output folder (default: predictions/ in the current folder), a file name when there is one input, "
+        "or one file name per input as Pytorch-UNet takes them",
+        "-o",
+    )
+    overwrite: bool = option(
+        False, "replace existing files that unetseg predict did not write (inputs are never written over)"
+    )
     scale: float | None = option(None, "input scale; default: the scale the model was trained at", "-s")
-    threshold: float = option(0.5, "probability threshold for one-output (sigmoid) models", "-t")
+    threshold: float = option(0.5, "probability threshold for one-output (sigmoid) models", "-t", "--mask-threshold")
     format: str = option(
         "value",
-        "mask format: value (the training masks' own values), index (class indices 0..K-1), "
-        "color (RGB colours of the class map)",
+        "mask format: value (the training masks' own values; palette PNGs for palette masks), "
+        "index (class indices 0..K-1), color (RGB colours of the class map)",
         choices=("value", "index", "color"),
     )
-    viz: bool = option(False, "also write an overlay of the mask on the image (<name>_overlay.png)", "--overlay")
+    viz: bool = option(False, "also write an overlay of the mask on the image (<name>_overlay.png)", "-v", "--overlay")
+    save: bool = option(True, "write the masks; -n/--no-save writes only overlays, probabilities and predictions.csv")
+    classes: int | None = option(
+        None, "the model's number of classes, checked against the checkpoint (Pytorch-UNet's flag)", "-c"
+    )
+    bilinear: bool | None = option(
+        None, "whether the model upsamples bilinearly, checked against the checkpoint (Pytorch-UNet's flag)"
+    )
     probs: bool = option(
         False,
         "also write class probabilities: <name>_probs.png (16-bit foreground probability) for binary models, "
@@ -266,7 +284,7 @@ class PredictConfig:
         choices=("flips", "full"),
         const="flips",
     )
-    suffix: str = option(".png", "file type of the written masks")
+    suffix: str = option(".png", "file type of the written masks: .png, .tif, .tiff, .bmp, .gif or .npy")
     batch_size: int = option(8, "images per batch on the device (windows per batch with --tile)", "-b")
     workers: int | None = option(None, "threads that decode images, and as many that write results (default: cores/2)")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
@@ -274,11 +292,20 @@ class PredictConfig:
     quiet: bool = option(False, "print nothing but errors")
 
     def __post_init__(self) -> None:
+        if isinstance(self.output, (str, Path)):
+            self.output = [str(self.output)]  # one folder or file, as the Python API and YAML files give it
         checks = [
             (self.scale is None or 0 < self.scale <= 16, "-s/--scale must be in (0, 16]"),
             (0 < self.threshold < 1, "-t/--threshold must be in (0, 1)"),
             (self.batch_size >= 1, "-b/--batch-size must be at least 1"),
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+            (self.classes is None or self.classes >= 1, "-c/--classes must be at least 1"),
+            (
+                self.suffix.lower() in self.SUFFIXES,
+                f"--suffix {self.suffix!r}: must be a mask file type, one of {', '.join(self.SUFFIXES)} "
+                "(an extension only: no folders or names)",
+            ),
+            (not self.output or all(self.output), "-o/--output: an empty name; give a folder or file names"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unetseg.data.classfile import find_classes_file, load_classes_file
-from unetseg.data.classmap import IGNORE_INDEX, ClassMap, discover
+from unetseg.data.classmap import IGNORE_INDEX, ClassMap, discover, mask_palette
 from unetseg.data.folder import Pair, find_folders, is_lossy, lossy_masks, match_files
 from unetseg.data.index import FileInfo, ScanResult, cache_home, cache_lock, open_index, scan_files
 from unetseg.errors import DataError, UserError
@@ -170,6 +170,7 @@ def inspect_dataset(
     if pairs and not mixed:
         try:
             class_map, map_notes = _class_map(scan, classes, path, lossy_masks(pairs))
+            class_map.palette = mask_palette(scan)  # predict writes palette masks back in the same palette
             notes += map_notes
             problems += unknown_values(scan, class_map)
             warnings += mask_warnings(scan, class_map)

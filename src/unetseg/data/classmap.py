@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from unetseg.data.folder import color_keys
 from unetseg.data.index import ScanResult
@@ -52,6 +53,7 @@ class ClassMap:
     colors: list[list[int]] = field(default_factory=list)
     snap: bool = False  # masks are lossy: map each pixel to the nearest known value
     ignore: int | list[int] | None = None
+    palette: list[int] | None = None  # palette masks (mode "P"): their flat RGB palette, so predict writes the same
 
     def __post_init__(self) -> None:
         if len(self.values) > IGNORE_INDEX:
@@ -129,6 +131,7 @@ class ClassMap:
             "colors": [list(c) for c in self.colors],
             "snap": self.snap,
             "ignore": list(self.ignore) if isinstance(self.ignore, (list, tuple)) else self.ignore,
+            "palette": None if self.palette is None else [int(v) for v in self.palette],
         }
 
     @classmethod
@@ -139,7 +142,17 @@ class ClassMap:
             colors=[list(c) for c in data.get("colors", [])],
             snap=bool(data.get("snap", False)),
             ignore=data.get("ignore"),
+            palette=data.get("palette"),  # absent in checkpoints written before palettes were recorded
         )
+
+
+def mask_palette(scan: ScanResult) -> list[int] | None:
+    """The flat RGB palette of palette masks (every mask mode "P"), read from the first mask; None otherwise."""
+    if not scan.masks or not all(m.kind.endswith(" P") for m in scan.masks):
+        return None
+    with Image.open(scan.pairs[0].mask) as image:
+        palette = image.getpalette()
+    return None if palette is None else [int(v) for v in palette]
 
 
 def _key(value: int | list[int]) -> int:

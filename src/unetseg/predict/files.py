@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -18,9 +19,19 @@ from tqdm import tqdm
 
 from unetseg.config import PredictConfig
 from unetseg.data.classmap import ClassMap
-from unetseg.data.io import IMAGE_SUFFIXES, is_image_file, read_image, to_image_dtype, write_mask
+from unetseg.data.io import IMAGE_SUFFIXES, is_image_file, read_image, to_image_dtype
 from unetseg.data.samples import match_channels
 from unetseg.errors import UserError
+from unetseg.predict.outputs import (
+    MANIFEST,
+    Plan,
+    Planned,
+    is_own_output,
+    mask_colours,
+    plan_outputs,
+    save_array,
+    save_bytes,
+)
 
 
 class Predictor(Protocol):
@@ -86,45 +97,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise UserError(f"-i {item}: no such file or folder")
     unique = list(dict.fromkeys(found))
+    manifests: dict[Path, dict] = {}
+    own = [p for p in unique if is_own_output(p, manifests)]
+    unique = [p for p in unique if p not in own]  # predict's own masks are never read back in as images
+    if own and not unique:
+        raise UserError(
+            f"-i {' '.join(inputs)}: every image found was written by unetseg predict (listed in {MANIFEST}); "
+            "give the original images"
+        )
     if not unique:
         raise UserError(f"-i {' '.join(inputs)}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return unique
-
-
-def output_paths(inputs: list[Path], output: str | None, suffix: str) -> list[Path]:
-    """Where each mask goes: ``<OUT>/<stem>.png``, a single named file, or ``<stem>_OUT.png`` beside the input.
-
-    Two inputs that would write the same file (same stem in two folders) are an error, not a silent overwrite.
-    """
-    if output and len(inputs) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES:
-        return [Path(output)]
-    if output:
-        targets = [Path(output) / f"{p.stem}{suffix}" for p in inputs]
-    else:
-        targets = [p.with_name(f"{p.stem}_OUT{suffix}") for p in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
-        if target in seen:
-            raise UserError(
-                f"{seen[target]} and {source} would both be written to {target}; "
-                "predict them into separate -o folders or rename one"
-            )
-        seen[target] = source
-    return targets
-
-
-def sidecar(target: Path, kind: str, suffix: str) -> Path:
-    """``<OUT>/<stem>_<kind><suffix>`` beside a mask."""
-    return target.with_name(f"{target.stem}_{kind}{suffix}")
-
-
-def write_mask_file(target: Path, mask: np.ndarray) -> None:
-    """A mask; PNGs with fast compression (masks compress well even at level 1, which is several times faster)."""
-    if target.suffix.lower() == ".png" and (mask.dtype == np.uint8 or mask.max(initial=0) <= 255):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8)).save(target, compress_level=1)
-    else:
-        write_mask(target, mask)
 
 
 def overlay(image: np.ndarray, index: np.ndarray, class_map: ClassMap, alpha: float = 0.5) -> np.ndarray:
@@ -138,22 +121,45 @@ def overlay(image: np.ndarray, index: np.ndarray, class_map: ClassMap, alpha: fl
     return blend.clip(0, 255).astype(np.uint8)
 
 
-def prediction_row(source: Path, target: Path, size: tuple[int, int], counts: list[int], class_map: ClassMap) -> dict:
+def prediction_row(
+    source: Path, target: Path | None, size: tuple[int, int], counts: list[int], class_map: ClassMap
+) -> dict:
     """One row of ``predictions.csv``: the files, the size, and the share of pixels of each foreground class."""
     height, width = size
     pixels = max(height * width, 1)
-    row = {"image": str(source), "mask": str(target), "height": height, "width": width}
+    row = {"image": str(source), "mask": "" if target is None else str(target), "height": height, "width": width}
     return row | {f"fraction_{n}": counts[k] / pixels for k, n in enumerate(class_map.names) if k}
 
 
-def finish(cfg: PredictConfig, rows: list[dict], outputs: list[Path]) -> Path:
+def check_model_flags(
+    cfg: PredictConfig, class_map: ClassMap, outputs: int | None, bilinear: bool | None, source: str
+) -> None:
+    """Pytorch-UNet's ``-c/--classes`` and ``--bilinear``, checked against the model (they cannot change it)."""
+    if cfg.classes is not None and cfg.classes not in (class_map.num_classes, outputs):
+        shown = f"{class_map.num_classes} classes" + (f" ({outputs} output channels)" if outputs else "")
+        raise UserError(
+            f"-c/--classes {cfg.classes}: the model {source} has {shown}; pass -c {outputs or class_map.num_classes} "
+            "or leave -c out (predict takes the classes from the model)"
+        )
+    if cfg.bilinear is not None and bilinear is None:
+        raise UserError(f"--bilinear: the model {source} records no bilinear setting to check; leave the option out")
+    if cfg.bilinear is not None and cfg.bilinear != bilinear:
+        given = "--bilinear" if cfg.bilinear else "--no-bilinear"
+        raise UserError(
+            f"{given} (bilinear={cfg.bilinear}) disagrees with the model {source} (bilinear={bilinear}); "
+            "leave the option out (predict takes it from the model)"
+        )
+
+
+def finish(cfg: PredictConfig, rows: list[dict], plan: Plan) -> Path:
     """Write ``predictions.csv`` beside the masks, warn when every mask is empty, and say where the files went."""
-    table = outputs[0].parent / "predictions.csv"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = table.getvalue().encode()
+    save_bytes(plan.table, data)
+    plan.ledger.record(plan.table, data)
     empty = sum(1 for row in rows if not any(v for k, v in row.items() if k.startswith("fraction_")))
     if empty == len(rows):
         print(
@@ -162,26 +168,39 @@ def finish(cfg: PredictConfig, rows: list[dict], outputs: list[Path]) -> Path:
             file=sys.stderr,
         )
     if not cfg.quiet:
-        where = outputs[0].parent if len(outputs) > 1 else outputs[0]
-        print(f"wrote {len(outputs)} mask(s) to {where}; per-image foreground fractions in {table}")
-    return table
+        names = [item.name for item in plan.items]
+        where = names[0].parent if len(names) > 1 else names[0]
+        what = f"wrote {len(names)} mask(s) to {where}" if cfg.save else f"wrote no masks (--no-save) for {len(names)}"
+        print(f"{what}; per-image foreground fractions in {plan.table}")
+    return plan.table
+
+
+def write_files(
+    plan: Plan, item: Planned, cfg: PredictConfig, class_map: ClassMap, index: np.ndarray, mask: np.ndarray, image
+) -> None:
+    """The mask and the overlay of one image (``image``: the full-size input, needed for the overlay only)."""
+    if item.mask is not None:
+        save_array(item.mask, mask, plan.ledger, mask_colours(class_map, cfg.format))
+    if item.overlay is not None:
+        save_array(item.overlay, overlay(image, index, class_map), plan.ledger)
 
 
 def predict_to_files(cfg: PredictConfig, predictor: Predictor) -> list[Path]:
     """One mask per input, one image at a time (the ONNX Runtime path; PyTorch has the batched pipeline of
     :mod:`unetseg.predict.pipeline`), with the same files: masks, --overlay, ``predictions.csv``."""
     inputs = expand_inputs(cfg.input)
-    outputs = output_paths(inputs, cfg.output, cfg.suffix)
+    plan = plan_outputs(inputs, cfg, predictor.class_map.num_classes, [Path(cfg.model_path)])
     rows = []
     num_classes = predictor.class_map.num_classes
-    for source, target in tqdm(list(zip(inputs, outputs)), desc="predict", unit="img", disable=cfg.quiet):
-        image = read_image(source)
-        index = predictor.predict_index(image, cfg.scale, cfg.threshold)
-        write_mask_file(target, predictor.class_map.decode(index))
-        if cfg.viz:
-            shown = match_channels(image, predictor.channels)
-            Image.fromarray(overlay(shown, index, predictor.class_map)).save(sidecar(target, "overlay", ".png"))
-        counts = np.bincount(index.ravel(), minlength=num_classes)[:num_classes].tolist()
-        rows.append(prediction_row(source, target, index.shape, counts, predictor.class_map))
-    finish(cfg, rows, outputs)
-    return outputs
+    try:
+        for source, item in tqdm(list(zip(inputs, plan.items)), desc="predict", unit="img", disable=cfg.quiet):
+            image = read_image(source)
+            index = predictor.predict_index(image, cfg.scale, cfg.threshold)
+            shown = match_channels(image, predictor.channels) if cfg.viz else None
+            write_files(plan, item, cfg, predictor.class_map, index, predictor.class_map.decode(index), shown)
+            counts = np.bincount(index.ravel(), minlength=num_classes)[:num_classes].tolist()
+            rows.append(prediction_row(source, item.mask, index.shape, counts, predictor.class_map))
+        finish(cfg, rows, plan)
+    finally:
+        plan.ledger.save()
+    return [item.name for item in plan.items]

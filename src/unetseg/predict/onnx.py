@@ -19,12 +19,15 @@ from unetseg.config import PredictConfig
 from unetseg.data.classmap import ClassMap
 from unetseg.data.samples import resize_image, scaled_size
 from unetseg.errors import UserError
-from unetseg.predict.files import as_image_array, check_predict_args, predict_to_files
+from unetseg.predict.files import as_image_array, check_model_flags, check_predict_args, predict_to_files
 
 EXPORT_FORMAT = "unetseg-export"
 MIN_SIZE = 16  # four 2x max-poolings must leave at least one pixel
 # PredictConfig fields this runtime honours; any other field set away from its default is refused by name.
-ONNX_OPTIONS = {"model_path", "input", "output", "scale", "threshold", "viz", "suffix", "batch_size", "device", "quiet"}
+ONNX_OPTIONS = {
+    *("model_path", "input", "output", "overwrite", "scale", "threshold", "viz", "save", "classes", "bilinear"),
+    *("suffix", "batch_size", "device", "quiet"),
+}
 
 
 def require(module: str) -> ModuleType:
@@ -191,4 +194,7 @@ def predict_files(cfg: PredictConfig) -> list[Path]:
                 f"{flag} is not available with an ONNX model ({cfg.model_path}); "
                 "leave it out, or predict with the PyTorch checkpoint"
             )
-    return predict_to_files(cfg, load(cfg.model_path, cfg.device))
+    model = load(cfg.model_path, cfg.device)
+    spec = model.info.get("model") if isinstance(model.info.get("model"), dict) else {}
+    check_model_flags(cfg, model.class_map, spec.get("n_classes"), spec.get("bilinear"), cfg.model_path)
+    return predict_to_files(cfg, model)

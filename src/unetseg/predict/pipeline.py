@@ -16,21 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from unetseg.config import PredictConfig
 from unetseg.errors import UserError
 from unetseg.predict.files import (
+    check_model_flags,
     check_predict_args,
     expand_inputs,
     finish,
-    output_paths,
-    overlay,
     prediction_row,
-    sidecar,
-    write_mask_file,
+    write_files,
 )
+from unetseg.predict.outputs import Plan, Planned, plan_outputs
 from unetseg.predict.segmenter import Segmenter, load
 from unetseg.predict.writers import HostBatch, to_host, write_probs
 
@@ -99,23 +97,24 @@ def run_batch(segmenter: Segmenter, batch: list[Decoded], cfg: PredictConfig) ->
 
 
 def write_result(
-    segmenter: Segmenter, cfg: PredictConfig, item: Decoded, result: HostBatch, j: int, source: Path, target: Path
+    segmenter: Segmenter, cfg: PredictConfig, plan: Plan, item: Decoded, result: HostBatch, j: int, source: Path
 ) -> dict:
     """A writer thread's part: the files of one image, and its row of ``predictions.csv``."""
     result.wait()
     index = result.index[j].numpy()
-    write_mask_file(target, segmenter.encode(index, cfg.format))
-    if cfg.viz:
-        Image.fromarray(overlay(item.image, index, segmenter.class_map)).save(sidecar(target, "overlay", ".png"))
-    if cfg.probs:
-        write_probs(target, result.probs[j].numpy())
-    return prediction_row(source, target, item.size, result.counts[j].tolist(), segmenter.class_map)
+    files: Planned = plan.items[item.position]
+    mask = segmenter.encode(index, cfg.format) if files.mask is not None else index
+    write_files(plan, files, cfg, segmenter.class_map, index, mask, item.image)
+    if files.probs is not None:
+        write_probs(files.probs, result.probs[j].numpy(), plan.ledger)
+    return prediction_row(source, files.mask, item.size, result.counts[j].tolist(), segmenter.class_map)
 
 
 def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> list[Path]:
     """``unetseg predict``: one mask per input, at the input's resolution, in the format asked for.
 
     ``segmenter`` reuses a loaded model (then ``cfg.model_path``, ``device`` and ``amp`` are not used).
+    Returns each input's mask path (not written with ``save=False``).
     """
     if segmenter is None:
         check_predict_args(cfg)
@@ -123,7 +122,21 @@ def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> lis
         raise UserError("-i/--input is required: image files, folders or globs")
     segmenter = segmenter or load(cfg.model_path, cfg.device, cfg.amp)
     inputs = expand_inputs(cfg.input)
-    outputs = output_paths(inputs, cfg.output, cfg.suffix)
+    model, source = segmenter.model, cfg.model_path or "in use"
+    outputs, bilinear = getattr(model, "n_classes", None), getattr(model, "bilinear", None)
+    check_model_flags(cfg, segmenter.class_map, outputs, bilinear, source)
+    protected = [Path(cfg.model_path)] if cfg.model_path else []
+    plan = plan_outputs(inputs, cfg, segmenter.class_map.num_classes, protected)
+    try:
+        rows = run_pipeline(segmenter, cfg, plan, inputs)
+        finish(cfg, rows, plan)
+    finally:
+        plan.ledger.save()  # also after a failure: what was written is known to be predict's own
+    return [item.name for item in plan.items]
+
+
+def run_pipeline(segmenter: Segmenter, cfg: PredictConfig, plan: Plan, inputs: list[Path]) -> list[dict]:
+    """Decode, infer and write every input; the rows of ``predictions.csv`` in input order."""
     rows: list[dict] = [{}] * len(inputs)
     workers = cfg.workers or max(1, (os.cpu_count() or 2) // 2)
     decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
@@ -142,7 +155,7 @@ def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> lis
         for batch in decoded_batches(segmenter, inputs, cfg, decoders, workers):
             result = run_batch(segmenter, batch, cfg)
             for j, item in enumerate(batch):
-                args = (segmenter, cfg, item, result, j, inputs[item.position], outputs[item.position])
+                args = (segmenter, cfg, plan, item, result, j, inputs[item.position])
                 pending.append((item.position, writers.submit(write_result, *args)))
             collect(keep=4 * cfg.batch_size)
         collect(keep=0)
@@ -150,5 +163,4 @@ def predict_files(cfg: PredictConfig, segmenter: Segmenter | None = None) -> lis
         bar.close()
         for pool in (decoders, writers):
             pool.shutdown(wait=True, cancel_futures=True)
-    finish(cfg, rows, outputs)
-    return outputs
+    return rows

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from unetseg.predict.files import sidecar
+from unetseg.predict.outputs import Ledger, save_array
 
 
 @dataclass
@@ -47,12 +46,7 @@ def to_host(index: torch.Tensor, probs: torch.Tensor, num_classes: int, with_pro
     return HostBatch(host[0], host[1], host[2], done)
 
 
-def write_probs(target: Path, probs: np.ndarray) -> Path:
-    """16-bit PNG of the foreground probability (binary), or float16 ``(K, H, W)`` .npy."""
-    if probs.ndim == 2:
-        path = sidecar(target, "probs", ".png")
-        Image.fromarray(probs.astype(np.uint16)).save(path)
-    else:
-        path = sidecar(target, "probs", ".npy")
-        np.save(path, probs)
+def write_probs(path: Path, probs: np.ndarray, ledger: Ledger) -> Path:
+    """16-bit PNG of the foreground probability (binary, ``(H, W)``), or float16 ``(K, H, W)`` .npy."""
+    save_array(path, probs.astype(np.uint16) if probs.ndim == 2 else probs, ledger)
     return path

@@ -52,6 +52,7 @@ class ClassMap:
     colors: list[list[int]] = field(default_factory=list)
     snap: bool = False  # masks are lossy: map each pixel to the nearest known value
     ignore: int | list[int] | None = None
+    score: str | None = None  # "foreground" or "all" from the classes file; None: chosen from the classes
 
     def __post_init__(self) -> None:
         if len(self.values) > IGNORE_INDEX:
@@ -129,7 +130,7 @@ class ClassMap:
             "colors": [list(c) for c in self.colors],
             "snap": self.snap,
             "ignore": list(self.ignore) if isinstance(self.ignore, (list, tuple)) else self.ignore,
-        }
+        } | ({"score": self.score} if self.score else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> ClassMap:
@@ -139,6 +140,7 @@ class ClassMap:
             colors=[list(c) for c in data.get("colors", [])],
             snap=bool(data.get("snap", False)),
             ignore=data.get("ignore"),
+            score=data.get("score"),
         )
 
 

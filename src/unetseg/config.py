@@ -118,6 +118,12 @@ class TrainConfig(DataConfig):
         None, "evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)"
     )
     patience: int | None = option(None, "early stopping: stop after this many validation rounds without improvement")
+    score: str = option(
+        "auto",
+        "validation score that picks best.pt: auto (mIoU over all classes when class 0 is a real class, else the "
+        "foreground Dice), foreground (classes 1..K-1), all (mIoU over every class)",
+        choices=("auto", "foreground", "all"),
+    )
     val_rounds: int = option(
         5, "validation rounds per epoch (at least one always runs); --plan chooses it from the cost of a round"
     )
@@ -207,6 +213,11 @@ class EvaluateConfig(DataConfig):
     json: str | None = option(None, "also write the scores to this JSON file")
     boundary: bool = option(False, "also compute HD95 and average surface distance per class (needs scipy)")
     worst: int = option(5, "list this many images with the lowest foreground Dice (0: none)")
+    score: str = option(
+        "auto",
+        "headline score: auto (the one the model was trained with), foreground (classes 1..K-1), all (mIoU)",
+        choices=("auto", "foreground", "all"),
+    )
     batch_size: int = option(8, "images per batch (the scores do not depend on it)", "-b")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: bool = option(False, "mixed-precision inference")

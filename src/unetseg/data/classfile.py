@@ -6,6 +6,7 @@ Two spellings are accepted::
       background: 0
       car: 255
     ignore: 128             # optional: pixels with this value are skipped by losses and metrics
+    score: all              # optional: rank models by mIoU over all classes (all) or foreground Dice (foreground)
 
     classes:                # a list, when a class needs a display colour besides its value
       - {name: background, value: 0}
@@ -71,7 +72,10 @@ def load_classes_file(path: Path) -> ClassMap:
     ignore = data.get("ignore")
     if ignore is not None:
         ignore = _color(path, ignore) if isinstance(values[0], list) else _value(path, ignore)
-    class_map = ClassMap(values=values, names=names, ignore=ignore)
+    score = data.get("score")
+    if score is not None and score not in ("auto", "foreground", "all"):
+        raise _bad(path, f"score {score!r} is not auto, foreground (classes 1..K-1) or all (every class, mIoU)")
+    class_map = ClassMap(values=values, names=names, ignore=ignore, score=None if score == "auto" else score)
     class_map.colors = [c or d for c, d in zip(colors, class_map.colors)]
     return class_map
 

@@ -54,6 +54,7 @@ class ClassMap:
     snap: bool = False  # masks are lossy: map each pixel to the nearest known value
     ignore: int | list[int] | None = None
     palette: list[int] | None = None  # palette masks (mode "P"): their flat RGB palette, so predict writes the same
+    score: str | None = None  # "foreground" or "all" from the classes file; None: chosen from the classes
 
     def __post_init__(self) -> None:
         if len(self.values) > IGNORE_INDEX:
@@ -132,7 +133,7 @@ class ClassMap:
             "snap": self.snap,
             "ignore": list(self.ignore) if isinstance(self.ignore, (list, tuple)) else self.ignore,
             "palette": None if self.palette is None else [int(v) for v in self.palette],
-        }
+        } | ({"score": self.score} if self.score else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> ClassMap:
@@ -143,6 +144,7 @@ class ClassMap:
             snap=bool(data.get("snap", False)),
             ignore=data.get("ignore"),
             palette=data.get("palette"),  # absent in checkpoints written before palettes were recorded
+            score=data.get("score"),
         )
 
 

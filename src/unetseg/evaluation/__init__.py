@@ -1,1 +1,2 @@
-"""Scoring a model against masks: metrics, boundary metrics, the scoring loop, reports and the evaluate entry point."""
+"""Scoring a model against masks: metrics, which score ranks models (choice), boundary metrics, the scoring loop,
+reports and the evaluate entry point."""

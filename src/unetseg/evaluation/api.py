@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from unetseg.config import EvaluateConfig
+from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.core.device import choose_dtype, resolve_device
 from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import evaluation_samples
 from unetseg.errors import UserError
 from unetseg.evaluation.boundary import DISTANCES, require_scipy
+from unetseg.evaluation.choice import ScoreChoice, checkpoint_choice
 from unetseg.evaluation.metrics import SCORES, nanmean
 from unetseg.evaluation.report import (
     json_safe,
@@ -64,7 +66,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
         cfg.batch_size,
         boundary=cfg.boundary,
     )
-    report = build_report(result, class_map, {"checkpoint": str(cfg.model_path), "data": root, "scale": scale})
+    choice = checkpoint_choice(ckpt, class_map, cfg.score)
+    meta = {"checkpoint": str(cfg.model_path), "data": root, "scale": scale}
+    report = build_report(result, class_map, meta, choice)
     report["worst"] = [row["image"] for row in worst_images(report, cfg.worst)]
     print_report(report, cfg.worst)
     if cfg.out:
@@ -74,13 +78,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
         write_confusion_csv(out / "confusion.csv", report)
         write_confusion_png(out / "confusion.png", report)
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(json_safe(report), indent=2))
+        write_atomic(cfg.json, json.dumps(json_safe(report), indent=2).encode())
     return report
 
 
-def build_report(result: dict, class_map: ClassMap, meta: dict) -> dict:
-    """The evaluation result as one plain dict: per class, foreground means, per image, confusion matrix."""
+def build_report(result: dict, class_map: ClassMap, meta: dict, choice: ScoreChoice | None = None) -> dict:
+    """The evaluation result as one plain dict: the headline score and why, per class, the all-class and foreground
+    means (both, always), per image, confusion matrix. ``choice`` defaults to the one the class map implies."""
+    choice = choice or checkpoint_choice({}, class_map)
     names = class_map.names
     classes = []
     for k, (name, value) in enumerate(zip(names, class_map.values)):
@@ -99,6 +104,8 @@ def build_report(result: dict, class_map: ClassMap, meta: dict) -> dict:
             "image": image,
             "dice_fg": result["image_fg"]["dice"][i],
             "iou_fg": result["image_fg"]["iou"][i],
+            "miou": result["image_all"]["iou"][i],
+            "dice_mean": result["image_all"]["dice"][i],
             **{s: result["image_scores"][s][i] for s in SCORES},
             "pixels_true": result["image_pixels_true"][i],
             "pixels_pred": result["image_pixels_pred"][i],
@@ -107,9 +114,13 @@ def build_report(result: dict, class_map: ClassMap, meta: dict) -> dict:
     ]
     if "boundary" in result:
         _add_distances(result["boundary"], classes, per_image, macro)
+    headline = {"name": choice.name, "label": choice.label, "value": choice.value(result), "kind": choice.kind}
     return meta | {
         "images": len(per_image),
+        "headline": headline | {"reason": choice.reason},
         "classes": classes,
+        "miou": result["miou"],
+        "dice_mean": result["dice_mean"],
         "dice_fg": result["dice_fg"],
         "iou_fg": result["iou_fg"],
         "image_dice_fg_mean": result["image_dice_fg_mean"],

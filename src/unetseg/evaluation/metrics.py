@@ -15,6 +15,10 @@ Two reductions over foreground classes (all but class 0):
   an image where every foreground class is empty has no score), then the mean over images.
 
 ``micro`` pools the counts over images and over foreground classes before dividing.
+
+Over every class (class 0 too): ``miou`` is the mean of the pooled per-class IoU (the semantic-segmentation mIoU),
+``dice_mean`` the same for Dice, and each image has its own all-class means. Which of ``dice_fg`` and ``miou`` ranks
+models is decided in :mod:`unetseg.evaluation.choice`.
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ def foreground_mean(values: list[float]) -> float:
     return sum(fg) / len(fg) if fg else math.nan
 
 
+def class_mean(values: list[float]) -> float:
+    """Mean over every class (class 0 too), skipping classes without a score: mIoU when given IoU."""
+    scored = [v for v in values if not math.isnan(v)]
+    return sum(scored) / len(scored) if scored else math.nan
+
+
 def image_dice(counts: torch.Tensor) -> list[list[float]]:
     """Per-image, per-class Dice from ``(N, K, 3)`` counts; empty (absent in truth and prediction) is NaN."""
     return scores_from_counts(counts.cpu())["dice"].tolist()
@@ -103,11 +113,13 @@ def summarize(cm: torch.Tensor, counts: torch.Tensor) -> dict:
     """Everything ``unetseg evaluate`` reports, from the pooled confusion matrix and ``(N, K, 3)`` image counts.
 
     Returns per-class pixel counts and image-averaged scores, per-image scores and pixel counts (``(N, K)``
-    lists), each image's foreground mean, and the ``macro`` (mean over images) and ``micro`` (pooled) foreground scores.
+    lists), each image's foreground and all-class means, and the ``macro`` (mean over images) and ``micro``
+    (pooled) foreground scores.
     """
     cm, counts = cm.cpu().long(), counts.cpu().long()
     per_image = scores_from_counts(counts)  # name -> (N, K)
     image_fg = {name: nanmean(values[:, 1:], 1) for name, values in per_image.items()}  # name -> (N,)
+    image_all = {name: nanmean(values, 1) for name, values in per_image.items()}  # name -> (N,)
     fg_counts = confusion_counts(cm)[1:].sum(0)
     micro = scores_from_counts(fg_counts)
     return {
@@ -119,6 +131,7 @@ def summarize(cm: torch.Tensor, counts: torch.Tensor) -> dict:
         "class_image_mean": {name: nanmean(values, 0).tolist() for name, values in per_image.items()},
         "image_scores": {name: values.tolist() for name, values in per_image.items()},
         "image_fg": {name: values.tolist() for name, values in image_fg.items()},
+        "image_all": {name: values.tolist() for name, values in image_all.items()},
         "macro": {name: nanmean(values, 0).item() for name, values in image_fg.items()},
         "micro": {name: value.item() for name, value in micro.items()},
     }

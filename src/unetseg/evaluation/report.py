@@ -7,11 +7,13 @@ CSV files and ``null`` in JSON; never as 1.0.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from unetseg.core.atomic import write_atomic
 from unetseg.evaluation.boundary import DISTANCES
 from unetseg.evaluation.metrics import SCORES
 
@@ -22,13 +24,14 @@ def show(value: float, digits: int = 4) -> str:
 
 
 def worst_images(report: dict, k: int) -> list[dict]:
-    """The ``k`` images with the lowest foreground Dice (images without a foreground score are skipped)."""
-    scored = [row for row in report["per_image"] if not math.isnan(row["dice_fg"])]
-    return sorted(scored, key=lambda row: (row["dice_fg"], row["image"]))[:k]
+    """The ``k`` images with the lowest headline score (foreground Dice or mIoU; images without one are skipped)."""
+    key = report.get("headline", {}).get("name", "dice_fg")
+    scored = [row for row in report["per_image"] if not math.isnan(row[key])]
+    return sorted(scored, key=lambda row: (row[key], row["image"]))[:k]
 
 
 def print_report(report: dict, worst: int = 5) -> None:
-    """A readable per-class table, the foreground means, and the worst images."""
+    """A readable per-class table, the headline score and why, both means, and the worst images."""
     distances = [d for d in DISTANCES if d in report["classes"][0]]
     print(f"{report['checkpoint']} on {report['data']} ({report['images']} images, scale {report['scale']})")
     columns = [("dice", 8), ("iou", 8), ("precision", 10), ("recall", 8), ("image_dice", 11)]
@@ -41,21 +44,44 @@ def print_report(report: dict, worst: int = 5) -> None:
             f"  {row['name'][:15]:<16}{str(row['value']):>10}{cells}"
             f"{row['pixels_true']:>12}{row['pixels_pred']:>12}{row['images_present']:>8}"
         )
+    _print_headline(report)
+    print(
+        f"  all classes, pooled over images: miou {show(report['miou'])}  dice {show(report['dice_mean'])}  "
+        "(mean over every class)"
+    )
     print(
         f"  foreground, pooled over images: dice {show(report['dice_fg'])}  iou {show(report['iou_fg'])}  "
-        "(mean over classes; the validation score)"
+        "(mean over classes 1..K-1)"
     )
     for label, key in (("mean over images", "macro"), ("pooled over images and classes", "micro")):
         scores = report[key]
         text = "  ".join(f"{n} {show(scores[n])}" for n in (*SCORES, *distances) if n in scores)
         print(f"  foreground, {label}: {text}")
+    _print_worst(report, worst)
+
+
+def _print_headline(report: dict) -> None:
+    headline = report.get("headline")
+    if headline:
+        other = "foreground" if headline["kind"] == "all" else "all"
+        print(
+            f"  headline: {headline['label']} {show(headline['value'])} ({headline['name']}; {headline['reason']}; "
+            f"--score {other} for the other)"
+        )
+
+
+def _print_worst(report: dict, worst: int) -> None:
     rows = worst_images(report, worst)
-    if rows:
-        print(f"  worst {len(rows)} image(s) by foreground dice:")
-        names = [c["name"] for c in report["classes"]]
-        for row in rows:
-            per_class = " ".join(f"{n}={show(d, 3)}" for n, d in zip(names[1:], row["dice"][1:]))
-            print(f"    {row['image']:<32} dice {show(row['dice_fg'])}  iou {show(row['iou_fg'])}  ({per_class})")
+    if not rows:
+        return
+    key = report.get("headline", {}).get("name", "dice_fg")
+    print(f"  worst {len(rows)} image(s) by {'mIoU' if key == 'miou' else 'foreground dice'}:")
+    names = [c["name"] for c in report["classes"]]
+    first = 0 if key == "miou" else 1
+    for row in rows:
+        per_class = " ".join(f"{n}={show(d, 3)}" for n, d in zip(names[first:], row["dice"][first:]))
+        means = f"miou {show(row['miou'])}  dice_fg" if key == "miou" else "dice"
+        print(f"    {row['image']:<32} {means} {show(row['dice_fg'])}  iou {show(row['iou_fg'])}  ({per_class})")
 
 
 def _cell(value: object) -> object:
@@ -69,22 +95,25 @@ def write_per_image_csv(path: Path, report: dict) -> None:
     names = [c["name"] for c in report["classes"]]
     keys = [*SCORES, "pixels_true", "pixels_pred", *(d for d in DISTANCES if d in report["classes"][0])]
     means = ["dice_fg", "iou_fg", *(f"{d}_fg" for d in DISTANCES if d in report["classes"][0])]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", *means, *(f"{key}_{name}" for name in names for key in keys)])
-        for row in report["per_image"]:
-            cells = [row[m] for m in means] + [row[key][k] for k in range(len(names)) for key in keys]
-            writer.writerow([row["image"], *map(_cell, cells)])
+    means += [m for m in ("miou", "dice_mean") if report["per_image"] and m in report["per_image"][0]]
+    rows = [["image", *means, *(f"{key}_{name}" for name in names for key in keys)]]
+    for row in report["per_image"]:
+        cells = [row[m] for m in means] + [row[key][k] for k in range(len(names)) for key in keys]
+        rows.append([row["image"], *map(_cell, cells)])
+    write_csv(path, rows)
 
 
 def write_confusion_csv(path: Path, report: dict) -> None:
     """Pixel counts: rows are the true class, columns the predicted class."""
     names = [c["name"] for c in report["classes"]]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["truth \\ prediction", *names])
-        for name, row in zip(names, report["confusion"]):
-            writer.writerow([name, *row])
+    write_csv(path, [["truth \\ prediction", *names], *([name, *row] for name, row in zip(names, report["confusion"]))])
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    """Rows to a CSV file, written atomically."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    write_atomic(path, text.getvalue().encode())
 
 
 def write_confusion_png(path: Path, report: dict, cell: int = 72) -> None:
@@ -113,7 +142,9 @@ def write_confusion_png(path: Path, report: dict, cell: int = 72) -> None:
             ink = "white" if share > 0.5 else "black"
             draw.text((x + 4, y + cell // 2 - 14), f"{count}", fill=ink, font=font)
             draw.text((x + 4, y + cell // 2 + 2), f"{100 * share:.1f}%" if total else "-", fill=ink, font=font)
-    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
 
 
 def json_safe(value: object) -> object:

@@ -10,6 +10,7 @@ from unetseg.core.device import autocast, normalize
 from unetseg.core.distributed import DistInfo, all_reduce_sum, gather_lists
 from unetseg.data.samples import Sample, eval_batches
 from unetseg.evaluation.metrics import (
+    class_mean,
     class_scores,
     confusion_matrix,
     foreground_mean,
@@ -36,7 +37,8 @@ def evaluate(
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
-    Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), per-image
+    Returns the pooled per-class scores, ``dice_fg``/``iou_fg`` (means over foreground classes), ``miou`` and
+    ``dice_mean`` (means over every class), per-image
     scores (in the order of ``samples``) and the rest of :func:`unetseg.evaluation.metrics.summarize`. All integer
     accumulation stays on the device until the end (one host sync per evaluation). Under DDP each rank scores
     every world-th image and the integer counts are summed: no image twice, none lost. ``batches`` (from
@@ -70,22 +72,29 @@ def evaluate(
     order = _input_order(everything, names)
     names = [names[i] for i in order]
     counts = torch.tensor(counts, dtype=torch.int64).view(-1, num_classes, 3)[order]
-    summary = summarize(cm, counts)
-    scores = class_scores(cm)
-    result = {
-        "dice_fg": foreground_mean(scores["dice"]),
-        "iou_fg": foreground_mean(scores["iou"]),
-        **scores,
-        "confusion": cm.cpu().tolist(),
-        "images": names,
-        "image_dice": summary["image_scores"]["dice"],
-        "image_dice_fg_mean": summary["macro"]["dice"],
-        **summary,
-    }
+    result = result_from_counts(cm, counts, names)
     if boundary:
         gathered = gather_lists(np.concatenate(distances).tolist() if distances else [], info)
         result["boundary"] = np.array(gathered, dtype=np.float64).reshape(-1, num_classes, 2)[order]
     return result
+
+
+def result_from_counts(cm: torch.Tensor, counts: torch.Tensor, names: list[str]) -> dict:
+    """Every score of an evaluation from its pooled ``(K, K)`` confusion matrix and ``(N, K, 3)`` image counts."""
+    summary = summarize(cm, counts)
+    scores = class_scores(cm)
+    return {
+        "dice_fg": foreground_mean(scores["dice"]),
+        "iou_fg": foreground_mean(scores["iou"]),
+        "miou": class_mean(scores["iou"]),
+        "dice_mean": class_mean(scores["dice"]),
+        **scores,
+        "confusion": cm.cpu().tolist(),
+        "images": list(names),
+        "image_dice": summary["image_scores"]["dice"],
+        "image_dice_fg_mean": summary["macro"]["dice"],
+        **summary,
+    }
 
 
 def _input_order(samples: list[Sample], names: list[str]) -> list[int]:

@@ -155,7 +155,8 @@ class RunLog:
         if self.run_dir:
             self._submit(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
             if improved and panels:
-                title = f"step {step}: best validation dice_fg {row.get('dice_fg', math.nan):.4f}"
+                name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
+                title = f"step {step}: best validation {name} {row.get(name, math.nan):.4f}"
                 self._submit(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
         if self.backends:
             hists = trackers.histograms(model)  # now: the next step changes the weights and clears the gradients

@@ -43,11 +43,12 @@ class TrainResult:
     """What a training run left behind."""
 
     run_dir: Path
-    best_score: float | None  # best validation score (foreground Dice); None when nothing was validated
+    best_score: float | None  # best validation score (see score_name); None when nothing was validated
     best_checkpoint: Path | None  # checkpoints/best.pt, or ensemble.pt after cross-validation
     exit_code: int  # as the command's: 0 done, 2 bad input, 143/130 stopped by a signal
     reason: str  # why the run ended
     steps: int = 0  # optimizer steps taken (0 for cross-validation, whose folds are separate runs)
+    score_name: str | None = None  # the score that selects best.pt: dice_fg, or miou where class 0 is a real class
 
 
 def train(data: str | Path | None = None, **options: Any) -> TrainResult:
@@ -93,7 +94,7 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
     from unetseg.training.loop import fit
 
     result = fit(cfg, resume, started)
-    best = result["best_dice_fg"]
+    best = result["best_score"]
     return TrainResult(
         run_dir=Path(result["run_dir"]),
         best_score=best if best is not None and best > float("-inf") else None,
@@ -101,6 +102,7 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
         exit_code=result["exit_code"],
         reason=result["reason"],
         steps=result["steps"],
+        score_name=result["score_name"],
     )
 
 
@@ -146,10 +148,11 @@ def cross_validation(cfg: TrainConfig) -> TrainResult:
     code = cross_validate(cfg)
     root = Path(cfg.out)
     cv, ensemble = root / "cv.json", root / "ensemble.pt"
-    score = json.loads(cv.read_text()).get("dice_fg") if cv.exists() else None
+    headline = json.loads(cv.read_text())["headline"] if cv.exists() else {}
     return TrainResult(
         run_dir=root,
-        best_score=score,
+        best_score=headline.get("value"),
+        score_name=headline.get("name"),
         best_checkpoint=ensemble if ensemble.exists() else None,
         exit_code=code,
         reason="cross-validation finished" if code == 0 else "cross-validation stopped",
@@ -256,7 +259,8 @@ def launched_result(run_dir: Path, code: int) -> TrainResult:
     from unetseg.core.checkpoint import load_checkpoint
 
     last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    state = load_checkpoint(last).get("train_state", {}).get("state", {}) if last.exists() else {}
+    ckpt = load_checkpoint(last) if last.exists() else {}
+    state = ckpt.get("train_state", {}).get("state", {})
     score = state.get("best")
     return TrainResult(
         run_dir=run_dir,
@@ -265,4 +269,5 @@ def launched_result(run_dir: Path, code: int) -> TrainResult:
         exit_code=code,
         reason="finished" if code == 0 else f"the training processes exited with status {code}",
         steps=state.get("step", 0),
+        score_name=(ckpt.get("score") or {}).get("name"),
     )

@@ -11,11 +11,15 @@ from pathlib import Path
 import torch
 
 from unetseg.config import TrainConfig
+from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
 from unetseg.core.device import choose_dtype, resolve_device
+from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import prepare_for
 from unetseg.errors import UserError
-from unetseg.evaluation.metrics import class_scores, foreground_mean
+from unetseg.evaluation.choice import ScoreChoice, checkpoint_choice
+from unetseg.evaluation.metrics import class_mean, class_scores, foreground_mean
+from unetseg.evaluation.report import json_safe
 from unetseg.evaluation.scoring import evaluate
 from unetseg.training.loop import fit
 
@@ -63,31 +67,48 @@ def write_ensemble(root: Path, folds: int) -> Path:
         "class_map": first["class_map"],
         "scale": first["scale"],
         "config": first["config"],
-        "score": {"dice_fg": math.nan, "step": -1},
+        "score": checkpoint_choice(first, ClassMap.from_dict(first["class_map"])).record(math.nan, -1),
     }
     path = root / "ensemble.pt"
     save_atomic(ckpt, path)
     return path
 
 
-def summarise(root: Path, folds: int, names: list[str]) -> dict:
-    """Pooled out-of-fold scores over all folds, written to ``cv.json`` and printed."""
-    cms = [json.loads((fold_dir(root, i) / "oof.json").read_text())["confusion"] for i in range(folds)]
-    cm = torch.tensor(cms).sum(0)
+def fold_means(cm: torch.Tensor) -> dict[str, float]:
+    """Both means of one confusion matrix: foreground Dice and IoU, and mIoU and Dice over every class."""
     scores = class_scores(cm)
-    per_fold = [foreground_mean(class_scores(torch.tensor(c))["dice"]) for c in cms]
+    return {
+        "dice_fg": foreground_mean(scores["dice"]),
+        "iou_fg": foreground_mean(scores["iou"]),
+        "miou": class_mean(scores["iou"]),
+        "dice_mean": class_mean(scores["dice"]),
+    }
+
+
+def summarise(root: Path, folds: int, names: list[str], choice: ScoreChoice) -> dict:
+    """Pooled out-of-fold scores over all folds (both means; ``choice`` is the headline), in ``cv.json`` and printed."""
+    cms = [torch.tensor(json.loads((fold_dir(root, i) / "oof.json").read_text())["confusion"]) for i in range(folds)]
+    cm = torch.stack(cms).sum(0)
+    scores = class_scores(cm)
+    per_fold = [fold_means(c) for c in cms]
     report = {
         "folds": folds,
-        "dice_fg": foreground_mean(scores["dice"]),
-        "dice_fg_per_fold": per_fold,
+        "headline": {"value": choice.value(fold_means(cm)), **choice.describe()},
+        **fold_means(cm),
+        "dice_fg_per_fold": [f["dice_fg"] for f in per_fold],
+        "miou_per_fold": [f["miou"] for f in per_fold],
         "classes": [{"name": n, "dice": d, "iou": i} for n, d, i in zip(names, scores["dice"], scores["iou"])],
         "confusion": cm.tolist(),
     }
-    (root / "cv.json").write_text(json.dumps(report, indent=2, default=lambda v: None))
-    print(f"cross-validation ({folds} folds, out-of-fold pixels pooled): foreground Dice {report['dice_fg']:.4f}")
+    write_atomic(root / "cv.json", json.dumps(json_safe(report), indent=2).encode())
+    print(
+        f"cross-validation ({folds} folds, out-of-fold pixels pooled): {choice.label} "
+        f"{report['headline']['value']:.4f} ({choice.reason}); "
+        + (f"foreground Dice {report['dice_fg']:.4f}" if choice.kind == "all" else f"mIoU {report['miou']:.4f}")
+    )
     for row in report["classes"]:
         print(f"  {row['name']:<16} dice {row['dice']:.4f}  iou {row['iou']:.4f}")
-    print("  per fold: " + ", ".join(f"{d:.4f}" for d in per_fold))
+    print(f"  {choice.name} per fold: " + ", ".join(f"{f[choice.name]:.4f}" for f in per_fold))
     return report
 
 
@@ -99,18 +120,18 @@ def cross_validate(cfg: TrainConfig) -> int:
         raise UserError(f"--fold {cfg.fold}: folds are numbered 0 to {cfg.folds - 1}")
     root = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     todo = [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
-    names = []
     for fold in todo:
         result = fit(replace(cfg, out=str(fold_dir(root, fold)), fold=fold))
         if result["exit_code"]:
             return result["exit_code"]
         oof = out_of_fold(cfg, root, fold)
-        (fold_dir(root, fold) / "oof.json").write_text(json.dumps(oof))
+        write_atomic(fold_dir(root, fold) / "oof.json", json.dumps(oof).encode())
     done = [i for i in range(cfg.folds) if (fold_dir(root, i) / "oof.json").exists()]
     if len(done) < cfg.folds:
         print(f"folds {done} of {cfg.folds} are done in {root}; the ensemble is written when all are")
         return 0
-    names = load_checkpoint(fold_dir(root, 0) / "checkpoints" / "best.pt")["class_map"]["names"]
-    summarise(root, cfg.folds, names)
+    first = load_checkpoint(fold_dir(root, 0) / "checkpoints" / "best.pt")
+    class_map = ClassMap.from_dict(first["class_map"])
+    summarise(root, cfg.folds, class_map.names, checkpoint_choice(first, class_map, cfg.score))
     print(f"ensemble of {cfg.folds} models: {write_ensemble(root, cfg.folds)}")
     return 0

@@ -28,6 +28,7 @@ from unetseg.data.augment import augment_batch, get_spec
 from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.errors import UserError
+from unetseg.evaluation.choice import choose_score, is_better, round_scores
 from unetseg.evaluation.scoring import device_batches, evaluate
 from unetseg.models import create_model
 from unetseg.tracking.runlog import RunLog
@@ -143,6 +144,9 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     if resume is not None:
         restore(run, resume)
         log.truncate_after(run.state.step)
+        choice = choose_score(data.class_map, cfg.score)
+        if resume.get("score", {}).get("name", "dice_fg") != choice.name:  # the best so far was another score
+            run.state.best, run.state.rounds_since_best = -math.inf, 0
     return run
 
 
@@ -276,9 +280,10 @@ def validate(run: Run) -> dict:
             dist_info=run.dist,
             batches=run.val_batches or None,
         )
-        score = result["dice_fg"]
+        choice = choose_score(run.data.class_map, cfg.score)
+        score = choice.value(result)  # foreground Dice, or mIoU when class 0 is a real class
         run.schedule.observe(score)
-        improved = not math.isnan(score) and score > state.best
+        improved = is_better(score, state.best)
         state.rounds_since_best = 0 if improved else state.rounds_since_best + 1
         if improved:
             state.best, state.best_step = score, state.step
@@ -289,8 +294,7 @@ def validate(run: Run) -> dict:
         "step": state.step,
         "epoch": state.epoch + 1,
         "lr": run.optimizer.param_groups[0]["lr"],
-        "dice_fg": score,
-        "iou_fg": result["iou_fg"],
+        **round_scores(result, choice),
     }
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
@@ -425,8 +429,11 @@ def finish(run: Run, reason: str, code: int) -> dict:
     report_end(run, reason, code, best)
     run.log.close()
     distributed.cleanup(run.dist, finished=True)
+    score = choose_score(run.data.class_map, run.cfg.score).name
     return {
-        "best_dice_fg": run.state.best,
+        "best_score": run.state.best,
+        "score_name": score,
+        f"best_{score}": run.state.best,
         "best_step": run.state.best_step,
         "run_dir": str(run.dir),
         "best_checkpoint": str(best),

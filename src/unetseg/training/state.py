@@ -18,6 +18,7 @@ from unetseg.data.augment import AugmentSpec
 from unetseg.data.prepare import Dataset
 from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
+from unetseg.evaluation.choice import choose_score
 from unetseg.models import model_spec
 from unetseg.tracking.runlog import RunLog
 from unetseg.training.ema import EMA
@@ -31,7 +32,7 @@ class TrainState:
     epoch: int = 0  # current epoch, 0-based
     batch: int = 0  # next batch within the epoch
     step: int = 0  # optimizer steps taken
-    best: float = -math.inf  # best validation foreground Dice
+    best: float = -math.inf  # best validation score (foreground Dice or mIoU: evaluation.choice)
     best_step: int = -1
     rounds_since_best: int = 0  # validation rounds without improvement (early stopping)
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, in total
@@ -92,7 +93,7 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
         "class_map": run.data.class_map.to_dict(),
         "scale": run.cfg.scale,
         "config": to_dict(run.cfg),
-        "score": {"dice_fg": run.state.best, "step": run.state.best_step},
+        "score": choose_score(run.data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
     }
     if with_train_state:
         ckpt["train_state"] = {

@@ -13,6 +13,7 @@ import torch
 from unetseg.config import to_dict
 from unetseg.core.device import autocast, normalize
 from unetseg.data.prepare import class_frequencies
+from unetseg.evaluation.choice import choose_score
 from unetseg.evaluation.metrics import predict_classes
 from unetseg.training.state import Run
 
@@ -45,6 +46,7 @@ def summary(run: Run) -> None:
     world = run.dist.world
     batch = f"batch {batches.batch_size}" + (f" x {world} processes = {batches.global_batch}" if world > 1 else "")
     hardware = device_name(run.device)
+    choice = choose_score(data.class_map, cfg.score)
     lines = [
         f"unetseg train -> {run.dir}",
         f"  data        {data.root}: {len(data.train)} train, {len(data.val)} validation images, "
@@ -64,7 +66,8 @@ def summary(run: Run) -> None:
         f"{f', EMA {cfg.ema}' if cfg.ema else ''}",
         f"  validation  {cfg.val_rounds} round(s) per epoch"
         f"{f', every {cfg.val_every} epochs' if cfg.val_every > 1 else ''}; last.pt every epoch"
-        f"{f' and every {cfg.save_every} steps' if cfg.save_every else ''}",
+        f"{f' and every {cfg.save_every} steps' if cfg.save_every else ''}; best.pt by "
+        f"{choice.name} ({choice.reason})",
         f"  logging     {run.log.describe()}; plots in {run.dir / 'plots'}",
     ]
     if run.state.step:
@@ -98,6 +101,7 @@ def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, har
         "global_batch": run.batches.global_batch,
         "start_step": run.state.step,
         "notes": list(data.notes),
+        "score": choose_score(data.class_map, cfg.score).describe(),
     }
 
 
@@ -106,10 +110,12 @@ def report_round(run: Run, row: dict) -> None:
     improved = row.pop("improved")
     panels = row.pop("panels", None)
     names = run.data.class_map.names
-    per_class = " ".join(f"{n}={row.get(f'dice_{n}', math.nan):.4f}" for n in names[1:])
+    choice = choose_score(run.data.class_map, run.cfg.score)
+    shown = names if choice.kind == "all" else names[1:]
+    per_class = " ".join(f"{n}={row.get(f'dice_{n}', math.nan):.4f}" for n in shown)
     line = (
         f"step {row['step']:>6} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
-        f"val dice_fg {row['dice_fg']:.4f} ({per_class})  lr {row['lr']:.2e}  "
+        f"val {choice.name} {row[choice.name]:.4f} ({per_class})  lr {row['lr']:.2e}  "
         f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
     )
     run.log.validation(row["step"], row, run.model, panels, improved, message=line)
@@ -128,13 +134,14 @@ def report_end(run: Run, reason: str, code: int, best: Path) -> None:
     if run.state.skipped_steps:
         log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
     predict = f"unetseg predict -m {best} -i IMAGES -o OUT"
+    name = choose_score(run.data.class_map, run.cfg.score).name
     lines = [
-        f"done ({reason}): best validation dice_fg {run.state.best:.4f} at step {run.state.best_step}, "
+        f"done ({reason}): best validation {name} {run.state.best:.4f} at step {run.state.best_step}, "
         f"{run.state.elapsed:.0f} s",
         f"  best model  {best}",
         f"  predict     {predict}",
     ]
-    fields = {"reason": reason, "exit_code": code, "best_dice_fg": run.state.best, "best_step": run.state.best_step}
+    fields = {"reason": reason, "exit_code": code, f"best_{name}": run.state.best, "best_step": run.state.best_step}
     fields |= {"best_checkpoint": str(best), "predict": predict, "steps": run.state.step}
     log.event("done", lines if code == 0 else lines[1:], fields | {"elapsed_s": run.state.elapsed})
 

@@ -6,6 +6,7 @@ import builtins
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 import unetseg.data.cache as cache_module
+import unetseg.data.index as index_module
 from conftest import make_dataset
 from unetseg.cli import main
 from unetseg.data.classmap import ClassMap
@@ -299,15 +301,16 @@ def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("where", ["posix_fallocate", "pwrite", "fsync"])
+@pytest.mark.parametrize("where", ["posix_fallocate", "pwrite", "fsync", "write_atomic"])
 def test_a_full_disk_while_building_the_cache_exits_2_and_leaves_nothing(tmp_path, monkeypatch, capsys, where):
-    if not hasattr(os, where):
+    owner = cache_module if where == "write_atomic" else cache_module.os  # write_atomic: meta.json
+    if not hasattr(owner, where):
         pytest.skip(f"os.{where} is missing on this platform")
     root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
     argv = ["train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "run")]
     assert run(["doctor", "--data", str(root)], capsys)[0] == 0  # the scan index is written; the cache is not
     with monkeypatch.context() as patch:
-        patch.setattr(cache_module.os, where, no_space)
+        patch.setattr(owner, where, no_space)
         code, text = run(argv, capsys)
     assert code == 2, text
     assert "no space left on the device for the data cache at" in text and "(needs 1 MB)" in text
@@ -315,6 +318,24 @@ def test_a_full_disk_while_building_the_cache_exits_2_and_leaves_nothing(tmp_pat
     assert not list((root / ".unetseg").glob("decoded-*")), "a half-built cache was left"
     code, text = run([*argv, "--overwrite"], capsys)
     assert code == 0 and "damaged" not in text, text
+
+
+def test_a_full_disk_while_saving_the_scan_index_only_costs_the_next_scan(tmp_path, monkeypatch, capsys):
+    root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
+    monkeypatch.setattr(index_module, "write_atomic", no_space)
+    assert run(["doctor", "--data", str(root)], capsys)[0] == 0
+    assert not list((root / ".unetseg").glob("index-*.json"))
+
+
+def test_a_file_where_the_cache_folder_belongs_is_replaced(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
+    argv = ["train", "--data", str(root), *TRAIN, "--overwrite", "--out", str(tmp_path / "run")]
+    assert run(argv, capsys)[0] == 0
+    folder = decoded_cache(root)
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    code, text = run(argv, capsys)
+    assert code == 0 and "was damaged" in text and decoded_cache(root).is_dir()
 
 
 def test_a_filesystem_without_fallocate_reserves_with_zeros(tmp_path, monkeypatch):

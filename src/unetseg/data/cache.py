@@ -230,7 +230,10 @@ def _open_or_discard(folder: Path, check: FolderCheck, layout: tuple) -> tuple[l
     try:
         return _open(folder, check, layout), ""
     except Damaged as err:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+        else:  # a file or a link where the cache folder belongs
+            folder.unlink(missing_ok=True)
         return None, str(err)
 
 

@@ -103,6 +103,8 @@ def train_command(values: dict) -> int:
         from unetseg.data.folder import find_folders
 
         find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
+        if cfg.val_data:
+            find_folders(cfg.val_data, None, None, "--val-data")
         # Planned once here, so that every process trains with the same settings.
         chosen = apply_plan(cfg, values)[1] if cfg.plan and resume is None else {}
         return launch_torchrun(cfg.nproc, [*argv_without_nproc(), *option_args(chosen), "--no-plan"])

@@ -64,9 +64,13 @@ def check_folder(
     cache: bool = True,
     cache_dir: str | None = None,
     workers: int | None = None,
+    option: str = "--data",
 ) -> FolderCheck:
-    """Find, pair and read one dataset folder (through the index when ``cache``), collecting every problem."""
-    image_dir, mask_dir = find_folders(data, images, masks)
+    """Find, pair and read one dataset folder (through the index when ``cache``), collecting every problem.
+
+    ``option`` is the command-line option that named ``data`` (``--data``, ``--val-data``): errors name it.
+    """
+    image_dir, mask_dir = find_folders(data, images, masks, option)
     root = Path(data) if data else image_dir.parent
     pairs, notes, problems, unmatched = match_files(image_dir, mask_dir)
     home = cache_home(root, cache_dir) if cache else None
@@ -157,7 +161,7 @@ def inspect_dataset(
     options = {"resize_to_mask": resize_to_mask, "cache": cache, "cache_dir": cache_dir, "workers": workers}
     folders = [check_folder(data, images, masks, **options)]
     if val_data:
-        folders.append(check_folder(val_data, None, None, **options))
+        folders.append(check_folder(val_data, None, None, **options, option="--val-data"))
     problems = [p for f in folders for p in f.problems]
     warnings = [w for f in folders for w in f.warnings]
     notes = [n for f in folders for n in f.notes]

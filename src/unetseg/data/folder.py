@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class Pair:
     mask: Path | None
 
 
-def find_folders(data: str | Path | None, images: str | Path | None, masks: str | Path | None) -> tuple[Path, Path]:
-    """The image and mask folders, from ``--data DIR`` or ``--images``/``--masks``."""
+def find_folders(
+    data: str | Path | None, images: str | Path | None, masks: str | Path | None, option: str = "--data"
+) -> tuple[Path, Path]:
+    """The image and mask folders, from ``--data DIR`` (or the ``option`` that named it) or ``--images``/``--masks``."""
     if images or masks:
         if not (images and masks):
             raise UserError("--images and --masks go together: pass both folders, or --data DIR instead")
@@ -36,40 +39,93 @@ def find_folders(data: str | Path | None, images: str | Path | None, masks: str 
         if data is None:
             raise UserError("no dataset given: pass --data DIR (holding imgs/ and masks/) or --images DIR --masks DIR")
         root = Path(data)
-        if not root.exists():
-            raise UserError(f"--data {root}: folder does not exist; check the path")
-        if not root.is_dir():
-            raise UserError(f"--data {root}: not a folder; pass the folder that holds imgs/ and masks/")
-        image_dir = next((root / n for n in IMAGE_DIR_NAMES if (root / n).is_dir()), None)
-        mask_dir = next((root / n for n in MASK_DIR_NAMES if (root / n).is_dir()), None)
+        _check_dir(option, root, "pass the folder that holds imgs/ and masks/")
+        image_dir = next((root / n for n in IMAGE_DIR_NAMES if _is_dir(root / n)), None)
+        mask_dir = next((root / n for n in MASK_DIR_NAMES if _is_dir(root / n)), None)
         if image_dir is None or mask_dir is None:
             missing = "image folder (imgs/ or images/)" if image_dir is None else "mask folder (masks/ or labels/)"
             raise UserError(
-                f"--data {root}: no {missing} inside; put images in {root}/imgs and masks in {root}/masks, "
+                f"{option} {root}: no {missing} inside; put images in {root}/imgs and masks in {root}/masks, "
                 "or name them with --images DIR --masks DIR"
             )
-    for option, folder in (("--images", image_dir), ("--masks", mask_dir)):
-        if not folder.is_dir():
-            raise UserError(f"{option} {folder}: folder does not exist; check the path")
+    for name, folder in (("--images", image_dir), ("--masks", mask_dir)):
+        _check_dir(name if images else option, folder, "pass a folder of image files")
     return image_dir, mask_dir
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a symlink loop, a name too long: not a folder to use
+        return False
+
+
+def _check_dir(option: str, folder: Path, fix: str) -> None:
+    """A clear message when ``folder`` (given by ``option``) is missing, a broken link, a file or unreadable."""
+    kind = entry_kind(folder)
+    if kind == "dir":
+        return
+    what = {
+        "loop": "is a symbolic link that loops back on itself; point the link at a real folder",
+        "dangling": f"is a broken symbolic link (its target {_link_target(folder)} does not exist); fix the link",
+        "missing": "folder does not exist; check the path",
+        "unreadable": "cannot be read; fix its permissions",
+    }.get(kind, f"not a folder; {fix}")
+    raise UserError(f"{option} {folder}: {what}")
+
+
+def entry_kind(path: Path | os.DirEntry) -> str:
+    """What a path is, without ever raising: "dir", "file", "loop", "dangling", "missing", "unreadable", "other"."""
+    try:
+        if path.is_dir():
+            return "dir"
+        if path.is_file():
+            return "file"
+        if path.is_symlink():
+            os.stat(path)  # raises for a loop or a dangling link, which is_dir and is_file hide
+            return "other"
+        return "other" if os.path.lexists(path) else "missing"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "loop"
+        if err.errno == errno.ENOENT:
+            return "dangling" if os.path.islink(path) else "missing"
+        return "unreadable"
+
+
+def _link_target(path: Path | os.DirEntry) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
 def list_images(folder: Path) -> tuple[list[Path], list[str], list[str]]:
-    """Image files in a folder (sorted), notes on what was skipped, and problems (names that are not UTF-8)."""
+    """Image files in a folder (sorted), notes on what was skipped, and problems.
+
+    Problems are entries named like images that cannot be one: broken or looping symbolic links, folders, special
+    files, names that are not UTF-8. Entries of other names are skipped with a note.
+    """
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except PermissionError as err:
-        raise UserError(f"{folder}: cannot list this folder ({err}); fix its permissions") from err
+    except OSError as err:
+        raise UserError(f"{folder}: cannot list this folder ({err}); fix its permissions or the path") from err
     files, problems = [], []
-    skipped: dict[str, list[str]] = {"hidden entries": [], "sub-folders": [], "files that are not images": []}
+    skipped: dict[str, list[str]] = {
+        "hidden entries": [],
+        "sub-folders": [],
+        "files that are not images": [],
+        "broken symbolic links": [],
+    }
     for entry in entries:
-        name = printable(entry.name)
+        name, kind = printable(entry.name), entry_kind(entry)
         if entry.name.startswith("."):
             skipped["hidden entries"].append(name)
-        elif entry.is_dir():
-            skipped["sub-folders"].append(name)
-        elif Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
-            skipped["files that are not images"].append(name)
+        elif Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            group = {"dir": "sub-folders", "loop": "broken symbolic links", "dangling": "broken symbolic links"}
+            skipped[group.get(kind, "files that are not images")].append(name)
+        elif kind != "file":
+            problems.append(f"{folder / name}: {_not_a_file(kind, entry)}")
         elif name != entry.name:
             problems.append(
                 f"{folder / name}: file name is not valid UTF-8; rename it using UTF-8 characters "
@@ -83,6 +139,17 @@ def list_images(folder: Path) -> tuple[list[Path], list[str], list[str]]:
         if names
     ]
     return files, notes, problems
+
+
+def _not_a_file(kind: str, entry: os.DirEntry) -> str:
+    """Why an entry named like an image is not one, and the fix."""
+    return {
+        "dir": "is a folder, not an image file; move it out of the dataset or rename it",
+        "loop": "is a symbolic link that loops back on itself; point it at an image file or remove it",
+        "dangling": f"is a broken symbolic link (its target {_link_target(entry)} does not exist); "
+        "fix the link or remove it",
+        "unreadable": "cannot be examined (permission denied); fix the permissions of its folder or remove it",
+    }.get(kind, "is not a regular file (a device, pipe or socket); replace it with an image file or remove it")
 
 
 def printable(name: str) -> str:

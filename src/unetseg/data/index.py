@@ -95,8 +95,7 @@ def cache_home(root: Path, cache_dir: str | Path | None) -> Path | None:
     puts it under that folder instead.
     """
     key = f"{root.name or 'data'}-{digest(str(root.resolve()))}"
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unetseg" / key
-    candidates = [Path(cache_dir) / key] if cache_dir else [root / CACHE_DIR_NAME, user]
+    candidates = [Path(cache_dir) / key] if cache_dir else [root / CACHE_DIR_NAME, *_user_cache(key)]
     for folder in candidates:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -107,6 +106,17 @@ def cache_home(root: Path, cache_dir: str | Path | None) -> Path | None:
     if cache_dir:
         raise UserError(f"--cache-dir {cache_dir}: cannot write there; pass a writable folder")
     return None
+
+
+def _user_cache(key: str) -> list[Path]:
+    """``$XDG_CACHE_HOME/unetseg/<key>`` (``~/.cache`` by default); none when there is no home folder either."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base or not os.path.isabs(base):  # the XDG spec: a relative path is to be ignored
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no HOME and no user entry (some containers)
+            return []
+    return [Path(base) / "unetseg" / key]
 
 
 class FileIndex:
@@ -124,8 +134,9 @@ class FileIndex:
             if data.get("version") != INDEX_VERSION:
                 return
             for role in self.entries:
-                self.entries[role] = {k: FileInfo(**v) for k, v in data[role].items()}
-        except (OSError, ValueError, TypeError, KeyError):
+                infos = {k: FileInfo(**v) for k, v in data[role].items()}
+                self.entries[role] = {k: i for k, i in infos.items() if _sane(i)}  # others are read again
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
             self.entries = {"image": {}, "mask": {}}  # a damaged index is rebuilt, never trusted
 
     def get(self, role: str, path: Path, stat: os.stat_result) -> FileInfo | None:
@@ -154,6 +165,23 @@ class FileIndex:
         self.changed = False
 
 
+def _sane(info: FileInfo) -> bool:
+    """An index entry with the types and ranges ``scan_file`` writes (a damaged one is scanned again)."""
+    ints = (info.size, info.mtime_ns, info.channels, info.info_channels)
+    return (
+        all(type(v) is int for v in ints)
+        and all(isinstance(v, str) for v in (info.hash, info.kind, info.dtype))
+        and isinstance(info.shape, list)
+        and len(info.shape) == 2
+        and all(type(v) is int and v > 0 for v in info.shape)
+        and 1 <= info.info_channels <= info.channels
+        and isinstance(info.values, list)
+        and isinstance(info.counts, list)
+        and len(info.values) == len(info.counts)
+        and all(type(v) is int and v >= 0 for v in info.values + info.counts)
+    )
+
+
 @contextlib.contextmanager
 def cache_lock(home: Path | None, name: str = "lock") -> Iterator[None]:
     """Hold ``home/<name>.lock`` so that concurrent starts (DDP ranks) do work once; the others wait, then reuse it."""
@@ -165,7 +193,12 @@ def cache_lock(home: Path | None, name: str = "lock") -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; concurrent writers each write a temp file, one wins
         yield
         return
-    with open(home / f"{name}.lock", "a") as handle:
+    try:
+        handle = open(home / f"{name}.lock", "a")  # noqa: SIM115 - closed below
+    except OSError:  # a full or read-only disk: no lock file, and nothing here will be written either
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

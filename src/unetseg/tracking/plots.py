@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,25 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError):  # Pillow < 10.1, or no FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def clean_label(text: object, font: object = None) -> str:
+    """``text`` as one drawable line: control characters and line breaks become spaces.
+
+    Class and file names come from users' files; Pillow refuses to measure multi-line text, and its bitmap
+    fallback font only draws Latin-1. A label must never fail a plot (and so a finished run).
+    """
+    line = "".join(" " if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in str(text))
+    if font is not None and not isinstance(font, ImageFont.FreeTypeFont):
+        line = line.encode("latin-1", "replace").decode("latin-1")
+    return line
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: object, font: object, fill: object) -> float:
+    """Draw one cleaned line of text at ``xy``; returns its width in pixels."""
+    line = clean_label(text, font)
+    draw.text(xy, line, fill=fill, font=font)
+    return draw.textlength(line, font=font)
 
 
 def class_colors(class_map: object | None, count: int = 0) -> list[tuple[int, int, int]]:
@@ -136,12 +156,11 @@ def save_gallery(
     picture = Image.new("RGB", gallery_size(panels, tile), "white")
     draw = ImageDraw.Draw(picture)
     font, small = _font(14), _font(12)
-    draw.text((GAP, 6), title or f"{len(panels)} image(s): {' | '.join(COLUMNS)}", fill="black", font=font)
+    _text(draw, (GAP, 6), title or f"{len(panels)} image(s): {' | '.join(COLUMNS)}", font, "black")
     x = GAP
     for name, color in zip(names, colors):
         draw.rectangle([x, 30, x + 12, 42], fill=color, outline="black")
-        draw.text((x + 16, 29), name, fill="black", font=small)
-        x += 28 + int(draw.textlength(name, font=small))
+        x += 28 + int(_text(draw, (x + 16, 29), name, small, "black"))
     for column, label in enumerate(COLUMNS):
         draw.text((GAP + column * (tile + GAP), _HEADER - 14), label, fill="gray", font=small)
     top = _HEADER
@@ -158,7 +177,7 @@ def save_gallery(
             picture.paste(_fit(array, size, nearest), (GAP + column * (tile + GAP), top))
         score = panel.get("score")
         caption = str(panel.get("name", f"image {row}")) + (f"   {score:.4f}" if isinstance(score, float) else "")
-        draw.text((GAP, top + size[1] + 2), caption, fill="black", font=small)
+        _text(draw, (GAP, top + size[1] + 2), caption, small, "black")
         top += size[1] + _CAPTION + GAP
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path, compress_level=PNG_LEVEL)
@@ -215,7 +234,7 @@ class Frame:
 def draw_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, series: list[Series]) -> None:
     """A line chart in ``box`` (left, top, right, bottom): title, axes with tick labels, "step" axis, legend."""
     left, top, right, bottom = box[0] + 62, box[1] + 34, box[2] - 12, box[3] - 40
-    draw.text((box[0] + 8, box[1] + 4), title, fill="black", font=_font(14))
+    _text(draw, (box[0] + 8, box[1] + 4), title, _font(14), "black")
     draw.text(((left + right) // 2 - 12, bottom + 22), "step", fill="black", font=_font(11))
     points = [(x, y) for s in series for x, y in zip(s.xs, s.ys) if math.isfinite(x) and math.isfinite(y)]
     if not points:
@@ -236,7 +255,7 @@ def draw_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
         if len(series) > 1:  # legend, top right
             y = top + 6 + 15 * index
             draw.line([(right - 120, y + 6), (right - 100, y + 6)], fill=_readable(line.color), width=3)
-            draw.text((right - 95, y), line.label[:14], fill="black", font=_font(11))
+            _text(draw, (right - 95, y), clean_label(line.label)[:14], _font(11), "black")
 
 
 def _draw_axes(draw: ImageDraw.ImageDraw, frame: Frame) -> None:

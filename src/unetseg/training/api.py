@@ -77,6 +77,8 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
         from unetseg.data.folder import find_folders
 
         find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
+        if cfg.val_data:
+            find_folders(cfg.val_data, None, None, "--val-data")
         if plan:  # planned once here, so that every process trains with the same settings
             cfg = apply_plan(cfg, values)
         return relaunch(cfg, resume_from)

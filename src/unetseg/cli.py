@@ -77,9 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
 def train_command(values: dict) -> int:
     from pathlib import Path
 
-    from unetseg.core.checkpoint import load_checkpoint
     from unetseg.data.prepare import sample_dataset_dir
     from unetseg.train.loop import fit
+    from unetseg.train.state import load_resume
 
     started = time.monotonic()  # a time budget counts from here (planning included)
     resume_from = values.pop("resume", None)
@@ -87,7 +87,7 @@ def train_command(values: dict) -> int:
     if resume_from:
         path = Path(resume_from)
         path = path / "checkpoints" / "last.pt" if path.is_dir() else path
-        resume = load_checkpoint(path)
+        resume = load_resume(path)
         saved = dict(resume.get("config") or {})
         if not saved:
             raise UserError(f"--resume {resume_from}: checkpoint carries no run configuration; use -f/--load instead")

@@ -189,7 +189,13 @@ class RunLog:
         """Drop finished jobs, re-raising a plot's error (backends' own errors only warn: see ``_each``)."""
         for job in [j for j in self.pending if wait or j.done()]:
             self.pending.remove(job)
-            job.result()
+            try:
+                job.result()
+            except OSError as err:  # a plot on a full or read-only disk: the user's to fix, named
+                mapped = storage_error(err, err.filename or self.run_dir)
+                if mapped is None:
+                    raise
+                raise mapped from None
 
     def metrics(self, row: dict) -> None:
         """Add one row to metrics.csv (rewritten atomically); the header comes from the first row (a resumed run

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
 from unetseg.core import distributed
-from unetseg.core.atomic import write_atomic
+from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.core.device import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.data.augment import augment_batch, get_spec
 from unetseg.data.prepare import prepare_for
@@ -351,6 +351,11 @@ def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
         return out_of_memory(run), 2
     except UserError as err:  # e.g. a full disk under a checkpoint or metrics.csv
         return str(err), 2
+    except OSError as err:  # a storage error that reached us without passing write_atomic
+        mapped = storage_error(err, err.filename or run.dir)
+        if mapped is None:
+            raise
+        return str(mapped), 2
 
 
 def wrap_up(run: Run, progress: Progress, reason: str, code: int) -> tuple[str, int]:

@@ -212,7 +212,8 @@ def diverged(run: Run, why: str) -> StopTraining:
     """The stop for a run whose numbers left the finite range; says truthfully what best.pt holds."""
     state = run.state
     if state.best_step >= 0:
-        kept = f"best.pt from step {state.best_step} (dice_fg {state.best:.4f}) is intact"
+        score = f" (dice_fg {state.best:.4f})" if math.isfinite(state.best) else ""
+        kept = f"best.pt from step {state.best_step}{score} is intact"
     else:
         kept = "no best.pt was written: no validation round had finite weights"
     return StopTraining(

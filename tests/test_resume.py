@@ -130,6 +130,8 @@ def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     run = state["run"]
     assert run.state.skipped_steps == 2 and run.state.step == 6  # 7 training images, batch 2, 2 epochs
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert all(torch.isfinite(b).all() for b in run.model.buffers() if b.is_floating_point())  # BatchNorm's too
+    assert torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)["score"]["step"] > 0
 
 
 def test_consecutive_bad_steps_stop_the_run_and_keep_best(tmp_path, monkeypatch, capsys):

@@ -75,6 +75,11 @@ class CheckpointWriter:
         for path in paths:  # one serialisation for several names (last.pt and epoch_NNN.pt)
             write_atomic(path, buffer.getbuffer())
 
+    def check(self) -> None:
+        """Re-raise the error of a write that has already failed, without waiting for one still running."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
     def wait(self) -> None:
         """Block until the write in flight (if any) is on disk; re-raise its error."""
         pending, self._pending = self._pending, None

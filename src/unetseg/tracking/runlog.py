@@ -9,7 +9,9 @@ parts (drawing PNGs, TensorBoard and W&B writes) run on one background thread. P
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.errors import UserError
 from unetseg.tracking import backends as trackers
 from unetseg.tracking import plots
@@ -52,6 +55,7 @@ class RunLog:
         self.log_file = open(run_dir / "train.log", "a") if run_dir else None  # noqa: SIM115 - closed in close()
         self.csv_path = run_dir / "metrics.csv" if run_dir else None
         self.columns: list[str] | None = None
+        self.csv_rows: list[list] | None = None  # metrics.csv as written (header first); rewritten whole each round
         self.class_map: object | None = None
         self.backends: list = []
         self.resumed_at: int | None = None
@@ -83,9 +87,7 @@ class RunLog:
             else:
                 tqdm.write("\n".join(lines), file=out)  # clears and redraws a progress bar in the way
                 out.flush()
-        if self.log_file:
-            self.log_file.write("".join(line + "\n" for line in lines))
-            self.log_file.flush()
+        self._log("".join(line + "\n" for line in lines))
 
     def info(self, message: str) -> None:
         """One console line (unless quiet), always kept in train.log."""
@@ -101,9 +103,23 @@ class RunLog:
             print(json_line("error", {"message": message}), file=sys.stderr, flush=True)
         else:
             print(f"error: {message}", file=sys.stderr, flush=True)
-        if self.log_file:
-            self.log_file.write(f"error: {message}\n")
+        self._log(f"error: {message}\n")
+
+    def _log(self, text: str) -> None:
+        """Append to train.log; a full or read-only disk stops the file (the console goes on) and is a UserError."""
+        if not self.log_file:
+            return
+        try:
+            self.log_file.write(text)
             self.log_file.flush()
+        except OSError as err:
+            handle, self.log_file = self.log_file, None
+            with contextlib.suppress(OSError):
+                handle.close()
+            mapped = storage_error(err, self.run_dir / "train.log")
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def event(self, name: str, lines: list[str], fields: dict) -> None:
         """A block of console lines that JSON mode shows as one ``{"event": name, **fields}`` object."""
@@ -174,22 +190,35 @@ class RunLog:
         """Drop finished jobs, re-raising a plot's error (backends' own errors only warn: see ``_each``)."""
         for job in [j for j in self.pending if wait or j.done()]:
             self.pending.remove(job)
-            job.result()
+            try:
+                job.result()
+            except OSError as err:  # a plot on a full or read-only disk: the user's to fix, named
+                mapped = storage_error(err, err.filename or self.run_dir)
+                if mapped is None:
+                    raise
+                raise mapped from None
 
     def metrics(self, row: dict) -> None:
-        """Append one row to metrics.csv; the header comes from the first row (a resumed run keeps it)."""
+        """Add one row to metrics.csv (rewritten atomically); the header comes from the first row (a resumed run
+        keeps its own)."""
         if not self.csv_path:
             return
-        if self.columns is None:
-            if self.csv_path.exists() and self.csv_path.stat().st_size:
-                with open(self.csv_path) as handle:
-                    self.columns = next(csv.reader(handle))
-            else:
-                self.columns = list(row)
-                with open(self.csv_path, "w", newline="") as handle:
-                    csv.writer(handle).writerow(self.columns)
-        with open(self.csv_path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(row.get(c, "")) for c in self.columns])
+        if self.csv_rows is None:
+            self.csv_rows = self._read_csv() or [list(row)]
+            self.columns = [str(c) for c in self.csv_rows[0]]
+        self.csv_rows.append([_fmt(row.get(c, "")) for c in self.columns])
+        self._write_csv()
+
+    def _read_csv(self) -> list[list[str]]:
+        if not (self.csv_path and self.csv_path.exists()):
+            return []
+        with open(self.csv_path, newline="") as handle:
+            return [r for r in csv.reader(handle) if r]
+
+    def _write_csv(self) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerows(self.csv_rows)
+        write_atomic(self.csv_path, text.getvalue().encode())
 
     def rows(self) -> list[dict]:
         """metrics.csv as dicts of strings (what the curves are drawn from, so they survive a resume)."""
@@ -201,16 +230,13 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """Drop metrics.csv rows after ``step``, which a resumed run redoes (TensorBoard purges them when it opens)."""
         self.resumed_at = step
-        if not (self.csv_path and self.csv_path.exists()):
-            return
-        with open(self.csv_path, newline="") as handle:
-            rows = list(csv.reader(handle))
+        rows = self._read_csv()
         if not rows:
             return
         column = rows[0].index("step") if "step" in rows[0] else 0
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[column])) <= step]
-        with open(self.csv_path, "w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
+        self.csv_rows = [rows[0]] + [r for r in rows[1:] if int(float(r[column])) <= step]
+        self.columns = list(rows[0])
+        self._write_csv()
 
     def close(self) -> None:
         """Finish the queued plots and writes, close the backends (W&B's upload wait is bounded) and train.log."""

@@ -111,7 +111,7 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
 def resolve_options(values: dict) -> tuple[dict, dict | None]:
     """The options with the resumed run's configuration, the ``--config`` file and the sample preset beneath them
     (what the user gave wins), and the checkpoint to resume from."""
-    from unetseg.core.checkpoint import load_checkpoint
+    from unetseg.training.state import load_resume
 
     values = dict(values)
     resume, saved = None, {}
@@ -119,7 +119,7 @@ def resolve_options(values: dict) -> tuple[dict, dict | None]:
     if resume_from:
         path = Path(resume_from)
         path = path / "checkpoints" / "last.pt" if path.is_dir() else path
-        resume = load_checkpoint(path)
+        resume = load_resume(path)
         saved = dict(resume.get("config") or {})
         if not saved:
             raise UserError(f"--resume {resume_from}: checkpoint carries no run configuration; use -f/--load instead")

@@ -1,116 +1,75 @@
 """The training loop: build -> (resume) -> epochs of steps with validation rounds -> checkpoints.
 
-``fit`` only sequences; each stage is a named helper.
+``fit`` only sequences; each stage is a named helper. Every ending of a run (finished, a stopping rule, a signal,
+divergence, out of memory, a full disk, an internal error) goes through ``finish``, so that train.log's last line
+says why the run ended.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import time
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unetseg.config import TrainConfig, parse_duration, to_dict
 from unetseg.core import distributed
-from unetseg.core.checkpoint import load_checkpoint, load_weights
+from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.core.device import autocast, choose_dtype, resolve_device, standardize, to_unit
 from unetseg.data.augment import augment_batch, get_spec
-from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
+from unetseg.data.prepare import prepare_for
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.errors import UserError
 from unetseg.evaluation.choice import choose_score, is_better, round_scores
 from unetseg.evaluation.scoring import device_batches, evaluate
-from unetseg.models import create_model
 from unetseg.tracking.runlog import RunLog
+from unetseg.training.build import build_model, class_weights, patch_shape, seed_everything
 from unetseg.training.ema import EMA
+from unetseg.training.ending import finish, out_of_memory, unexpected
 from unetseg.training.losses import build_loss
 from unetseg.training.optim import Schedule, build_optimizer
+from unetseg.training.progress import Progress
+from unetseg.training.rundir import default_run_dir, open_run_dir
 from unetseg.training.signals import StopSignal
-from unetseg.training.state import Run, restore, save
-from unetseg.training.summary import gallery, report_end, report_round, summary
+from unetseg.training.state import Run, RunningStats, StopTraining, diverged, restore, save, weights_finite
+from unetseg.training.summary import gallery, report_round, summary
 
-
-class StopTraining(Exception):
-    """A stopping rule fired; carries the reason and the exit status."""
-
-    def __init__(self, reason: str, exit_code: int = 0) -> None:
-        super().__init__(reason)
-        self.exit_code = exit_code
-
-
-def make_run_dir(cfg: TrainConfig, resuming: bool, is_main: bool) -> Path:
-    """The run directory; an existing, non-empty one is used only with --resume or --overwrite."""
-    path = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if is_main:
-        if path.exists() and any(path.iterdir()) and not (resuming or cfg.overwrite):
-            raise UserError(
-                f"--out {path}: run directory exists and is not empty; pass --resume {path} to continue it, "
-                "--overwrite to write into it, or another --out"
-            )
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def patch_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
-    """--patch-size, else the common image size, else 256 x 256 crops."""
-    if cfg.patch_size:
-        return cfg.patch_size, cfg.patch_size
-    sizes = {s.image.shape[:2] for s in data.train}
-    return next(iter(sizes)) if len(sizes) == 1 else (256, 256)
-
-
-def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable GEMMs
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # autotune convolutions: input sizes repeat in training
-
-
-def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: distributed.DistInfo) -> nn.Module:
-    out_channels = 1 if cfg.classes == 1 else data.class_map.num_classes
-    model = create_model(
-        cfg.model,
-        n_channels=data.channels,
-        n_classes=out_channels,
-        bilinear=cfg.bilinear,
-        width=cfg.width,
-        checkpointing=cfg.checkpointing,
-    )
-    if cfg.load:
-        load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
-    if cfg.sync_bn and info.enabled:
-        if device.type != "cuda":
-            raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+__all__ = ["Progress", "StopTraining", "build_run", "finish", "fit", "train_step", "validation_points"]
 
 
 def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
-    """Data, model, optimizer, schedule and state, restored from ``resume`` when given."""
+    """Data, model, optimizer, schedule and state, restored from ``resume`` when given.
+
+    The run directory is created, checked writable and locked first (rank 0), before any data is read.
+    """
     device = resolve_device(cfg.device)
     info = distributed.init_from_env(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    run_dir = make_run_dir(cfg, resume is not None, info.is_main)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+    lock, notes = open_run_dir(run_dir, resume is not None, cfg.overwrite) if info.is_main else (None, [])
+    try:
+        run = assemble(cfg, resume, run_dir, device, info)
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+    run.lock, run.notes = lock, notes
+    return run
+
+
+def assemble(
+    cfg: TrainConfig, resume: dict | None, run_dir: Path, device: torch.device, info: distributed.DistInfo
+) -> Run:
+    """Everything but the run directory: log, data, model, optimizer, schedule, scaler, EMA; the resumed state."""
     log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger, cfg.log_format)
     if info.is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     seed_everything(cfg.seed, cfg.deterministic, device)
     with distributed.main_first(info):  # one process scans and builds the data cache; the others then read it
         data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
@@ -129,9 +88,12 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     batches = TrainBatches(
         data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
     )
-    steps_per_epoch = math.ceil(len(batches) / cfg.accumulate)
     schedule = Schedule(
-        optimizer, cfg.scheduler, cfg.learning_rate, cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.warmup_steps
+        optimizer,
+        cfg.scheduler,
+        cfg.learning_rate,
+        cfg.max_steps or cfg.epochs * steps_per_epoch(len(batches), cfg.accumulate),
+        cfg.warmup_steps,
     )
     dtype = choose_dtype(cfg.precision, cfg.amp, device)
     # On GPUs the scaler also skips non-finite steps without a host sync (fused optimizers read its flag).
@@ -141,6 +103,8 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     run.compile_pending = compiled
     run.augment = get_spec(cfg.augment)
     run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
+    run.stats = RunningStats(model)
+    run.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
     if resume is not None:
         restore(run, resume)
         log.truncate_after(run.state.step)
@@ -150,22 +114,9 @@ def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
     return run
 
 
-def class_weights(option: str, data: Dataset) -> torch.Tensor | None:
-    """Per-class loss weights: none, auto (1 / sqrt(pixel share), mean 1), or a comma-separated list."""
-    k = data.class_map.num_classes
-    if option == "none":
-        return None
-    if option == "auto":
-        freq = torch.tensor(class_frequencies(data.train, k), dtype=torch.float32).clamp_min(1e-4)
-        weights = freq.rsqrt()
-        return weights / weights.mean()
-    try:
-        weights = torch.tensor([float(v) for v in option.split(",")])
-    except ValueError:
-        raise UserError(f"--class-weights {option}: write none, auto, or {k} numbers such as 1,3") from None
-    if len(weights) != k or (weights < 0).any():
-        raise UserError(f"--class-weights {option}: give {k} non-negative weights, one per class")
-    return weights
+def steps_per_epoch(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` batches (the last group may be shorter)."""
+    return math.ceil(batches / accumulate)
 
 
 def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
@@ -178,6 +129,7 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         # Cleared here, not after the step: the last step's gradients stay readable for the histograms that
         # loggers draw at validation rounds, at no cost (they are freed before this forward, as before).
         run.optimizer.zero_grad(set_to_none=True)
+        run.stats.save()
     x = to_unit(images, run.data.norm, run.device)
     y = masks.to(run.device, non_blocking=True).long()
     if run.augment is not None:
@@ -193,8 +145,7 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
     run.scaler.scale(loss / group).backward()
     if not last:
         return loss.detach(), None
-    budget = parse_duration(cfg.time_budget) if cfg.time_budget else math.inf
-    run.schedule.set_step(state.step, run.elapsed() / budget)
+    run.schedule.set_step(state.step, run.elapsed() / run.budget_s if run.budget_s else 0.0)
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     bad = ~torch.isfinite(norm)
@@ -203,6 +154,7 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
         run.scaler.update()
     elif not bad.item():  # host sync; only on the CPU path, where it costs nothing
         run.optimizer.step()
+    run.stats.restore_if(bad)  # a skipped step leaves BatchNorm's statistics as they were too
     if run.ema:
         run.ema.update(run.model)
     state.step += 1
@@ -214,6 +166,8 @@ def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: in
     started = time.monotonic()
     try:
         result = train_step(run, images, masks, group, last)
+    except torch.OutOfMemoryError:
+        raise  # not a compiler failure: eager mode would run out of memory too
     except Exception as err:  # inductor/dynamo failures come in many types
         run.log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
         run.net, run.compile_pending = run.net._orig_mod, False
@@ -226,39 +180,16 @@ def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: in
     return result
 
 
-class Progress:
-    """Loss and throughput accumulated on the device between reads (no sync per step)."""
+def validation_points(batches: int, rounds: int, accumulate: int = 1) -> set[int]:
+    """Batch indices after which to validate: ``rounds`` evenly spaced optimizer steps, always the epoch's last.
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-        self.bad_total = torch.zeros((), dtype=torch.int64, device=device)
-        self.bad_streak = torch.zeros((), dtype=torch.int64, device=device)
-
-    def reset(self) -> None:
-        """Start a new window (each validation round reports its own window)."""
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.batches, self.images, self.tick = 0, 0, time.monotonic()
-
-    def add(self, loss: torch.Tensor, bad: torch.Tensor | None, images: int) -> None:
-        self.loss_sum += torch.nan_to_num(loss.float(), nan=0.0, posinf=0.0)
-        self.batches, self.images = self.batches + 1, self.images + images
-        if bad is not None:
-            self.bad_total += bad
-            self.bad_streak.mul_(bad).add_(bad)  # consecutive count: reset to 0 by a good step
-
-    def read(self) -> dict:
-        """Host values (one sync): mean loss and img/s since the window began."""
-        return {
-            "train_loss": self.loss_sum.item() / max(self.batches, 1),
-            "img_s": self.images / max(time.monotonic() - self.tick, 1e-9),
-        }
-
-
-def validation_points(steps: int, rounds: int) -> set[int]:
-    """Batch indices after which to validate: ``rounds`` evenly spaced, always including the epoch's last."""
-    rounds = min(rounds, steps)
-    return {round((k + 1) * steps / rounds) - 1 for k in range(rounds)}
+    Points are placed on steps, not batches, so that each ends an accumulation group (a round runs only after an
+    optimizer step): ``rounds`` rounds run whenever the epoch has that many steps, and at least one always does.
+    """
+    steps = steps_per_epoch(batches, accumulate)
+    rounds = max(1, min(rounds, steps))
+    chosen = {round((k + 1) * steps / rounds) - 1 for k in range(rounds)}  # step indices within the epoch
+    return {min((step + 1) * accumulate, batches) - 1 for step in chosen}
 
 
 def validate(run: Run) -> dict:
@@ -282,6 +213,8 @@ def validate(run: Run) -> dict:
         )
         choice = choose_score(run.data.class_map, cfg.score)
         score = choice.value(result)  # foreground Dice, or mIoU when class 0 is a real class
+        if not weights_finite(run):  # whatever the score says, such a model is never the best
+            raise diverged(run, f"the weights became non-finite by step {state.step} (not saved)")
         run.schedule.observe(score)
         improved = is_better(score, state.best)
         state.rounds_since_best = 0 if improved else state.rounds_since_best + 1
@@ -306,23 +239,20 @@ def validate(run: Run) -> dict:
 def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:
     """Stopping rules, checked after every optimizer step; device counters are read only when ``read_now``."""
     cfg, state = run.cfg, run.state
+    run.writer.check()  # a failed background checkpoint write (e.g. a full disk) ends the run now
     if read_now:
         state.skipped_steps, state.bad_streak = int(progress.bad_total), int(progress.bad_streak)
         if state.bad_streak >= cfg.max_bad_steps:
-            raise StopTraining(
-                f"training diverged: {state.bad_streak} consecutive steps had a non-finite loss or gradient; "
-                "try a lower -l/--learning-rate, --grad-clip 1, or --precision fp32 (best.pt is intact)",
-                exit_code=2,
-            )
+            raise diverged(run, f"{state.bad_streak} consecutive steps had a non-finite loss or gradient")
         if distributed.any_rank(stop.received is not None, run.dist, run.device):
             stop.received = stop.received or 15
             raise StopTraining("interrupted", exit_code=stop.exit_code)
     if cfg.max_steps and state.step >= cfg.max_steps:
         raise StopTraining(f"reached --max-steps {cfg.max_steps}")
-    if cfg.time_budget:
+    if run.budget_s:
         # Leave room for the final validation and checkpoint inside the budget. Processes' clocks differ a little:
         # under multi-process training they decide together, so all stop after the same step.
-        over = run.elapsed() + run.val_cost >= parse_duration(cfg.time_budget)
+        over = run.elapsed() + run.val_cost >= run.budget_s
         if run.dist.enabled:
             over = read_now and distributed.any_rank(over, run.dist, run.device)
         if over:
@@ -335,7 +265,7 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
     """Steps over one epoch (from the saved batch on a resume), with validation rounds at fixed points."""
     cfg, state, batches = run.cfg, run.state, run.batches
     validating = (state.epoch + 1) % cfg.val_every == 0 or state.epoch + 1 == cfg.epochs
-    points = validation_points(len(batches), cfg.val_rounds) if validating else set()
+    points = validation_points(len(batches), cfg.val_rounds, cfg.accumulate) if validating else set()
     run.model.train()
     bar = tqdm(
         total=len(batches) * batches.global_batch,
@@ -394,51 +324,60 @@ def fit(cfg: TrainConfig, resume: dict | None = None, started: float | None = No
     """Train a model; returns the best score, the run directory and the exit status.
 
     A time budget covers set-up (data decoding, model build) too, counted from ``started`` (``time.monotonic()``)
-    when given: the command passes the moment it began, so that planning counts as well.
+    when given: the command passes the moment it began, so that planning counts as well. Bad input found once
+    training runs (a full disk, out of memory, divergence) ends the run with exit status 2 and its reason in
+    train.log; an internal error is logged the same way and then raised.
     """
     started = time.monotonic() if started is None else started
     run = build_run(cfg, resume)
-    summary(run)
-    stop, progress = StopSignal(), Progress(run.device)
-    progress.bad_total.fill_(run.state.skipped_steps)
-    progress.bad_streak.fill_(run.state.bad_streak)
-    run.started, run.last_val_step = started, run.state.step
-    reason, code = "finished all epochs", 0
-    with stop.installed():
-        try:
-            run_epochs(run, stop, progress)
-        except StopTraining as stopped:
-            reason, code = str(stopped), stopped.exit_code
-            if code == 0 and run.data.val and run.last_val_step != run.state.step:
-                report_round(run, validate(run) | progress.read())  # a last round for the final weights
-            save(run, "last.pt")
-        except torch.OutOfMemoryError:
-            raise UserError(
-                f"out of memory on {run.device} with batch {run.batches.batch_size} and patch "
-                f"{run.batches.patch[0]}x{run.batches.patch[1]}; try a smaller -b/--batch-size, --amp, a smaller "
-                "--patch-size, or --checkpointing"
-            ) from None
+    try:
+        summary(run)
+        stop, progress = StopSignal(), Progress(run.device)
+        progress.bad_total.fill_(run.state.skipped_steps)
+        progress.bad_streak.fill_(run.state.bad_streak)
+        run.started, run.last_val_step = started, run.state.step
+        with stop.installed():
+            reason, code = train(run, stop, progress)
+    except BaseException as err:
+        finish(run, *unexpected(err))
+        raise
     return finish(run, reason, code)
 
 
-def finish(run: Run, reason: str, code: int) -> dict:
-    """Final summary lines, and what the caller needs."""
-    run.writer.close()  # every checkpoint on disk before the run is reported finished
-    run.state.elapsed = run.elapsed()
-    best = run.dir / "checkpoints" / "best.pt"
-    report_end(run, reason, code, best)
-    run.log.close()
-    distributed.cleanup(run.dist, finished=True)
-    score = choose_score(run.data.class_map, run.cfg.score).name
-    return {
-        "best_score": run.state.best,
-        "score_name": score,
-        f"best_{score}": run.state.best,
-        "best_step": run.state.best_step,
-        "run_dir": str(run.dir),
-        "best_checkpoint": str(best),
-        "steps": run.state.step,
-        "skipped_steps": run.state.skipped_steps,
-        "reason": reason,
-        "exit_code": code,
-    }
+def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
+    """The epochs, and how they ended: (reason, exit status)."""
+    try:
+        run_epochs(run, stop, progress)
+        return "finished all epochs", 0
+    except StopTraining as stopped:
+        return wrap_up(run, progress, str(stopped), stopped.exit_code)
+    except torch.OutOfMemoryError:
+        return out_of_memory(run), 2
+    except UserError as err:  # e.g. a full disk under a checkpoint or metrics.csv
+        return str(err), 2
+    except OSError as err:  # a storage error that reached us without passing write_atomic
+        mapped = storage_error(err, err.filename or run.dir)
+        if mapped is None:
+            raise
+        return str(mapped), 2
+
+
+def wrap_up(run: Run, progress: Progress, reason: str, code: int) -> tuple[str, int]:
+    """After a stopping rule: a last validation round for the final weights, and last.pt (when they are finite)."""
+    try:
+        if code == 0 and run.data.val and run.last_val_step != run.state.step:
+            report_round(run, validate(run) | progress.read())
+        if code != 2 or weights_finite(run):  # a diverged run keeps its last finite last.pt
+            save(run, "last.pt")
+    except StopTraining as stopped:
+        return str(stopped), stopped.exit_code
+    except torch.OutOfMemoryError:
+        return out_of_memory(run), 2
+    except UserError as err:
+        return str(err), 2
+    if code in (130, 143):
+        reason += (
+            f": saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
+            f"resume with: unetseg train --resume {run.dir}"
+        )
+    return reason, code

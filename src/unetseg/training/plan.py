@@ -98,8 +98,15 @@ def _measure_step(device: torch.device, channels: int, classes: int, width: int,
     return float(np.median(times[1:]))
 
 
-def make_plan(data: Dataset, device: torch.device, time_budget_s: float | None = None) -> list[tuple[str, object, str]]:
-    """(option, value, reason) for each planned choice."""
+def make_plan(
+    data: Dataset, device: torch.device, time_budget_s: float | None = None, fixed: dict | None = None
+) -> list[tuple[str, object, str]]:
+    """(option, value, reason) for each planned choice.
+
+    ``fixed`` holds the options the user gave (name -> value); the plan adapts to them where a choice depends on
+    them (e.g. --epochs without a time budget asks for a score after every epoch).
+    """
+    fixed = fixed or {}
     gpu = device.type == "cuda"
     plan: list[tuple[str, object, str]] = []
     patch, why = _patch(data, gpu)
@@ -128,6 +135,9 @@ def make_plan(data: Dataset, device: torch.device, time_budget_s: float | None =
         )
     )
     rounds, every, why = _validation(data, batch, shape, gpu)
+    if every > 1 and fixed.get("epochs") and not time_budget_s and "val_every" not in fixed:
+        # A run of a few fixed epochs must report a score each epoch; "one every N epochs" could leave one round.
+        every, why = 1, f"validate after every epoch: --epochs {fixed['epochs']} given without a time budget"
     plan.append(("val_rounds", rounds, why))
     plan.append(("val_every", every, "validate after every epoch" if every == 1 else why))
     if time_budget_s:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unetseg.config import TrainConfig, to_dict
-from unetseg.core.checkpoint import FORMAT, VERSION, CheckpointWriter, load_weights
+from unetseg.core.checkpoint import FORMAT, VERSION, CheckpointWriter, load_checkpoint, load_weights
 from unetseg.core.distributed import DistInfo
 from unetseg.data.augment import AugmentSpec
 from unetseg.data.prepare import Dataset
@@ -23,6 +23,15 @@ from unetseg.models import model_spec
 from unetseg.tracking.runlog import RunLog
 from unetseg.training.ema import EMA
 from unetseg.training.optim import Schedule
+from unetseg.training.rundir import RunLock
+
+
+class StopTraining(Exception):
+    """A stopping rule fired; carries the reason and the exit status."""
+
+    def __init__(self, reason: str, exit_code: int = 0) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -38,6 +47,38 @@ class TrainState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, in total
     bad_streak: int = 0  # consecutive skipped steps
     elapsed: float = 0.0  # training seconds spent before this process started
+
+
+class RunningStats:
+    """BatchNorm's running statistics at the start of an accumulation group, put back when its step is skipped.
+
+    A batch with a non-finite loss still updates running_mean/var in its forward (to NaN, for good) although the
+    optimizer skips the step; this undoes that update too. Device-side, without a host sync: one ``cat`` to save,
+    and ``cat``, ``where`` and one fused copy to restore, per optimizer step.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tensors = [b for b in model.buffers() if b.is_floating_point()]
+        self.saved: torch.Tensor | None = None
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in self.tensors])
+
+    def save(self) -> None:
+        if self.tensors:
+            self.saved = self._flat()
+
+    @torch.no_grad()
+    def restore_if(self, bad: torch.Tensor) -> None:
+        """Where ``bad`` (a device bool), put the saved statistics back; otherwise leave them, bit for bit."""
+        if self.saved is None:
+            return
+        kept = torch.where(bad, self.saved, self._flat())
+        torch._foreach_copy_(self.tensors, [v.view_as(t) for v, t in zip(kept.split(self.sizes), self.tensors)])
+
+    @property
+    def sizes(self) -> list[int]:
+        return [t.numel() for t in self.tensors]
 
 
 @dataclass
@@ -67,6 +108,10 @@ class Run:
     val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
     compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
+    budget_s: float | None = None  # --time-budget in seconds (parsed once)
+    lock: RunLock | None = None  # the run directory's lock (rank 0), released when the run ends
+    notes: list[str] = field(default_factory=list)  # what setting up the run directory did, for the summary
+    stats: RunningStats | None = None  # BatchNorm statistics guarded against skipped steps
 
     def elapsed(self) -> float:
         """Training seconds across resumes."""
@@ -111,6 +156,25 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     return ckpt
 
 
+def load_resume(path: Path) -> dict:
+    """The checkpoint ``--resume`` names; when it cannot be read, the advice says what does work."""
+    try:
+        return load_checkpoint(path)
+    except UserError as err:
+        if path.parent.name != "checkpoints":
+            raise
+        run_dir, best = path.parent.parent, path.parent / "best.pt"
+        fresh = f"{run_dir}-restart"
+        alternative = (
+            f"start a new run from its best weights with: unetseg train --config {run_dir / 'config.yaml'} "
+            f"-f {best} --out {fresh}"
+            if best.is_file() and (run_dir / "config.yaml").is_file()
+            else f"start a new run with -f/--load from another checkpoint, or --out {fresh}"
+        )
+        reason = str(err).split("; ")[0]  # without read_file's generic advice, which does not fit a resume
+        raise UserError(f"--resume {path}: cannot resume: {reason}; {alternative}") from None
+
+
 def restore(run: Run, ckpt: dict) -> None:
     """Load weights, optimizer, schedule, scaler, EMA, RNG and loop position from a checkpoint."""
     train = ckpt.get("train_state")
@@ -131,8 +195,42 @@ def restore(run: Run, ckpt: dict) -> None:
         torch.cuda.set_rng_state_all(train["rng"]["cuda"])
 
 
+def weights_finite(run: Run) -> bool:
+    """Whether every floating weight and buffer a checkpoint stores (the model's and the EMA's) is finite.
+
+    One fused ``isfinite`` over the flattened tensors: one copy of the weights on the device and one host sync, paid
+    at checkpoints and validation rounds only.
+    """
+    tensors = [v for v in run.model.state_dict().values() if v.is_floating_point()]
+    if run.ema:
+        tensors += [v for v in run.ema.shadow.values() if v.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors])).all())
+
+
+def diverged(run: Run, why: str) -> StopTraining:
+    """The stop for a run whose numbers left the finite range; says truthfully what best.pt holds."""
+    state = run.state
+    if state.best_step >= 0:
+        score = f" (dice_fg {state.best:.4f})" if math.isfinite(state.best) else ""
+        kept = f"best.pt from step {state.best_step}{score} is intact"
+    else:
+        kept = "no best.pt was written: no validation round had finite weights"
+    return StopTraining(
+        f"training diverged: {why}; try a lower -l/--learning-rate, --grad-clip 1, or --precision fp32 ({kept})",
+        exit_code=2,
+    )
+
+
 def save(run: Run, *names: str, with_train_state: bool = True) -> None:
-    """Write ``checkpoints/<name>`` for each name (one snapshot) atomically, in the background, on the main process."""
+    """Write ``checkpoints/<name>`` for each name (one snapshot) atomically, in the background, on the main process.
+
+    Non-finite weights are never written (over a good file or at all): the run stops as diverged instead. Every
+    process checks (the weights are the same on all of them), so that all stop together.
+    """
+    if not weights_finite(run):
+        raise diverged(run, f"the weights became non-finite by step {run.state.step} (not saved)")
     if run.dist.is_main:
         folder = run.dir / "checkpoints"
         run.writer.write(checkpoint_dict(run, with_train_state), [folder / name for name in names])

@@ -72,7 +72,7 @@ def summary(run: Run) -> None:
     ]
     if run.state.step:
         lines.append(f"  resumed     at epoch {run.state.epoch + 1}, step {run.state.step}, best {run.state.best:.4f}")
-    lines += [f"  note        {note}" for note in data.notes]
+    lines += [f"  note        {note}" for note in [*run.notes, *data.notes]]
     fields = summary_fields(run, freq, params, size_mb, hardware)
     run.log.start(lines, fields, data.class_map, to_dict(cfg))
 
@@ -122,28 +122,26 @@ def report_round(run: Run, row: dict) -> None:
 
 
 def report_end(run: Run, reason: str, code: int, best: Path) -> None:
-    """The final summary: best score, its checkpoint and the command to predict with it; failures as errors."""
-    log = run.log
-    if code in (130, 143):
-        log.error(
-            f"{reason}: saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
-            f"resume with: unetseg train --resume {run.dir}"
-        )
-    elif code:
-        log.error(reason)
-    if run.state.skipped_steps:
-        log.warn(f"{run.state.skipped_steps} steps were skipped for a non-finite loss or gradient")
+    """The final summary: best score, its checkpoint and the command to predict with it.
+
+    The last line says why the run ended: the ``done`` line, or for a failure the error (on stderr).
+    """
+    log, state = run.log, run.state
+    if state.skipped_steps:
+        log.warn(f"{state.skipped_steps} steps were skipped for a non-finite loss or gradient")
     predict = f"unetseg predict -m {best} -i IMAGES -o OUT"
     name = choose_score(run.data.class_map, run.cfg.score).name
-    lines = [
-        f"done ({reason}): best validation {name} {run.state.best:.4f} at step {run.state.best_step}, "
-        f"{run.state.elapsed:.0f} s",
-        f"  best model  {best}",
-        f"  predict     {predict}",
-    ]
-    fields = {"reason": reason, "exit_code": code, f"best_{name}": run.state.best, "best_step": run.state.best_step}
-    fields |= {"best_checkpoint": str(best), "predict": predict, "steps": run.state.step}
-    log.event("done", lines if code == 0 else lines[1:], fields | {"elapsed_s": run.state.elapsed})
+    if state.best_step >= 0:
+        lines = [f"  best model  {best}", f"  predict     {predict}"]
+    else:
+        lines = ["  best model  none: no validation round had finite weights"]
+    headline = f"done ({reason}): best validation {name} {state.best:.4f} at step {state.best_step}"
+    fields = {"reason": reason, "exit_code": code, f"best_{name}": state.best, "best_step": state.best_step}
+    fields |= {"best_checkpoint": str(best) if state.best_step >= 0 else None, "predict": predict}
+    fields |= {"steps": state.step, "elapsed_s": state.elapsed}
+    log.event("done", lines + ([f"{headline}, {state.elapsed:.0f} s"] if code == 0 else []), fields)
+    if code:
+        log.error(reason)
 
 
 @torch.inference_mode()

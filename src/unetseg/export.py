@@ -33,7 +33,7 @@ from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.core.device import to_unit
 from unetseg.errors import UserError
-from unetseg.predict.onnx import EXPORT_FORMAT, MIN_SIZE, require
+from unetseg.predict.onnx import EXPORT_FORMAT, EXPORT_VERSION, MIN_SIZE, require
 
 DEFAULT_OPSET = 18  # the oldest opset torch's dynamo exporter writes without a (lossy) version conversion
 # Example size for tracing: odd at every U-Net level (31, 15, 7, 3) so every `Up` pads, which puts the padding
@@ -80,7 +80,7 @@ def export_info(ckpt: dict, input_dtype: str, with_argmax: bool) -> dict:
     indices = {"name": "indices", "shape": ["batch", "height", "width"], "dtype": "int64"}
     return {
         "format": EXPORT_FORMAT,
-        "version": 1,
+        "version": EXPORT_VERSION,
         "unetseg_version": __version__,
         "source": ckpt.get("source", "unetseg"),
         "model": dict(ckpt["model"]),

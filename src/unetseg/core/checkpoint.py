@@ -18,6 +18,7 @@ from torch import nn
 
 from unetseg.core.atomic import write_atomic
 from unetseg.core.meta import (
+    DAMAGED,
     UNET_LIMITS,
     as_dict,
     as_int,
@@ -36,6 +37,7 @@ from unetseg.models import create_model, model_spec
 FORMAT = "unetseg-checkpoint"
 VERSION = 1
 PYTORCH_UNET_SCALE = 0.5  # Pytorch-UNet's train.py and predict.py default --scale
+LOAD_HINT = "match --width, --bilinear, --classes and the input channels to the checkpoint"
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
@@ -201,7 +203,7 @@ def check_fit(spec: dict, state: dict, source: object, **overrides: object) -> N
     spec = dict(spec)
     name = spec.pop("name")
     with torch.device("meta"):
-        check_weights(create_model(name, **spec, **overrides), state, source)
+        check_weights(create_model(name, **spec, **overrides), state, source, DAMAGED)
 
 
 def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: dict, scale: float = 1.0) -> dict:
@@ -257,7 +259,7 @@ def load_weights(model: nn.Module, state: dict, source: object) -> None:
     model.load_state_dict(state)
 
 
-def check_weights(model: nn.Module, state: dict, source: object) -> None:
+def check_weights(model: nn.Module, state: dict, source: object, hint: str = LOAD_HINT) -> None:
     """Raise a UserError naming what does not fit: missing or unexpected names, shapes, integer for float."""
     state = {k: v for k, v in state.items() if k != "mask_values"}
     own = model.state_dict()
@@ -281,10 +283,7 @@ def check_weights(model: nn.Module, state: dict, source: object) -> None:
                 ],
             )
         )
-        raise UserError(
-            f"{source}: weights do not fit this model ({detail}); match --width, --bilinear, "
-            "--classes and the input channels to the checkpoint"
-        )
+        raise UserError(f"{source}: weights do not fit this model ({detail}); {hint}")
 
 
 def _kind(tensor: torch.Tensor) -> str:

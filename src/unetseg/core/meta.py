@@ -113,7 +113,9 @@ def check_norm(norm: object, channels: int, where: object, field: str = "norm") 
         if key not in norm:
             raise damaged(where, field, f"lacks '{key}'")
     scale = as_number(norm["scale"], where, f"{field}.scale")
-    mean = [as_number(m, where, f"{field}.mean", -math.inf) for m in as_list(norm["mean"], where, field, channels)]
+    mean = [
+        as_number(m, where, f"{field}.mean", -math.inf) for m in as_list(norm["mean"], where, f"{field}.mean", channels)
+    ]
     std = [as_number(s, where, f"{field}.std") for s in as_list(norm["std"], where, f"{field}.std", channels)]
     return {"scale": scale, "mean": mean, "std": std}
 
@@ -158,7 +160,7 @@ def _colour(value: object, where: object, field: str) -> list[int]:
     return [as_int(c, where, f"{field} colour channel", 0, 255) for c in value]
 
 
-def check_class_map(data: object, classes: int, where: object, field: str = "class_map") -> dict:
+def check_class_map(data: object, classes: int | None, where: object, field: str = "class_map") -> dict:
     """A class map as ``ClassMap.to_dict`` writes it, agreeing with the model's ``classes`` outputs."""
     data = as_dict(data, where, field)
     if "values" not in data:

@@ -311,3 +311,9 @@ def test_train_offers_only_trainable_models(tmp_path, capsys):
         create_model("resnet", trainable=True, n_channels=1, n_classes=2)
     with pytest.raises(UserError, match="--model unet: model.width is 100000"):
         create_model("unet", trainable=True, n_channels=1, n_classes=2, width=100000)
+
+
+def test_pytorch_unet_mask_values_of_1_bit_masks_load(tmp_path):
+    """Pytorch-UNet stores ``np.unique(mask).tolist()``: ``[False, True]`` for 1-bit PNG masks."""
+    torch.save(pytorch_unet([False, True]), tmp_path / "bits.pth")
+    assert load_checkpoint(tmp_path / "bits.pth")["class_map"]["values"] == [0, 1]

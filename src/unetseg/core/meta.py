@@ -149,6 +149,8 @@ def check_mask_values(values: object, where: object, field: str, classes: int | 
 def _grey(value: object, where: object, field: str) -> int:
     if isinstance(value, (list, tuple)):
         raise damaged(where, field, "mixes grey levels and colours")
+    if isinstance(value, bool):  # Pytorch-UNet on 1-bit PNG masks stores [False, True]
+        return int(value)
     return as_int(value, where, f"{field} entry", 0, MAX_MASK_VALUE)
 
 

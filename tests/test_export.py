@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import draw_pair
+from conftest import draw_pair, make_dataset
 from unetseg.cli import main
 from unetseg.config import ExportConfig, build
 from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint
@@ -387,3 +388,103 @@ def test_torchscript_export_does_not_need_onnx(store, tmp_path, monkeypatch):
     out = tmp_path / "m.pt"
     assert main(["export", "-m", str(store("pytorch_unet")), "-o", str(out), "--quiet"]) == 0
     assert zipfile.is_zipfile(out) and json.loads(Path(f"{out}.json").read_text())["exporter"] == "torch.jit.trace"
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``unetseg ARGS`` in a fresh Python process, as a user runs it (no state left over from other tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "unetseg", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.parametrize("train_args", [["--width", "8"], ["--precision", "bf16"]], ids=["fp32-width8", "bf16"])
+def test_a_checkpoint_from_train_exports_with_the_defaults_and_predicts_the_same_masks(
+    onnx_runtime, tmp_path, train_args
+):
+    """The user's path: train with the CLI's defaults, export with the defaults, predict with the ONNX file."""
+    import unetseg
+
+    data = make_dataset(tmp_path / "data", count=6)
+    run = tmp_path / "run"
+    trained = cli("train", "--data", str(data), "-e", "1", "--out", str(run), "--quiet", *train_args)
+    assert trained.returncode == 0, trained.stderr
+    ckpt = run / "checkpoints" / "best.pt"
+    exported = cli("export", "-m", str(ckpt), "-o", str(tmp_path / "m.onnx"))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "dynamo=True" in exported.stdout and "failed" not in exported.stdout  # the default exporter, no fallback
+    images = data / "imgs"
+    for model, out in ((tmp_path / "m.onnx", "ox"), (ckpt, "pt")):
+        assert main(["predict", "-m", str(model), "-i", str(images), "-o", str(tmp_path / out), "--quiet"]) == 0
+    names = sorted(p.name for p in (tmp_path / "pt").glob("*.png"))
+    assert len(names) == 6 and names == sorted(p.name for p in (tmp_path / "ox").glob("*.png"))
+    for name in names:
+        assert np.array_equal(*(np.asarray(Image.open(tmp_path / d / name)) for d in ("pt", "ox"))), name
+    image = images / names[0]  # after one epoch the masks may be all one class: the probabilities must agree too
+    expected = Segmenter.from_file(ckpt, device="cpu").predict_proba(image)
+    assert np.abs(unetseg.load(tmp_path / "m.onnx", device="cpu").predict_proba(image) - expected).max() < 1e-4
+
+
+def test_export_refuses_to_write_over_the_checkpoint(store, tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(store("rgb3").read_bytes())
+    (tmp_path / "link.pt").hardlink_to(ckpt)
+    before = ckpt.read_bytes()
+    cases = [
+        (["-o", str(ckpt), "--format", "torchscript"], "is the checkpoint being exported"),
+        (["-o", str(tmp_path / "sub" / ".." / "best.pt")], "is the checkpoint being exported"),
+        (["-o", str(tmp_path / "link.pt")], "is the checkpoint being exported"),
+        (["-o", str(tmp_path / "best")], "side-car best.json is the checkpoint being exported"),
+    ]
+    (tmp_path / "sub").mkdir()
+    for args, needle in cases:
+        if "best.json" in needle:
+            ckpt.rename(tmp_path / "best.json")
+            ckpt = tmp_path / "best.json"
+        assert main(["export", "-m", str(ckpt), *args, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, args
+        assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["missing", "file", "read-only"])
+def test_export_into_a_folder_that_cannot_take_the_file_exits_2_naming_it(store, tmp_path, capsys, where):
+    folder = tmp_path / "out"
+    if where == "file":
+        folder.write_text("")
+    elif where == "read-only":
+        folder.mkdir()
+        folder.chmod(0o555)
+        probe = folder / "probe"
+        try:
+            probe.write_text("")  # root ignores permissions
+            pytest.skip("this user can write into read-only folders")
+        except PermissionError:
+            pass
+    try:
+        assert main(["export", "-m", str(store("rgb3")), "-o", str(folder / "m.onnx"), "--quiet"]) == 2
+    finally:
+        if where == "read-only":
+            folder.chmod(0o755)
+    err = capsys.readouterr().err
+    assert f"-o {folder / 'm.onnx'}" in err and str(folder) in err and "Traceback" not in err
+
+
+def test_a_full_disk_or_a_folder_turned_read_only_exits_2_naming_the_file(store, tmp_path, monkeypatch, capsys):
+    """ENOSPC or EACCES while the file is written (after the up-front check passed) is the user's to fix."""
+    import errno
+
+    from unetseg.core import atomic
+
+    real_replace = atomic.os.replace
+    for code, words in [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]:
+
+        def refuse(src, dst, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(atomic.os, "replace", refuse)
+        out = tmp_path / f"m{code}.pt"
+        assert main(["export", "-m", str(store("pytorch_unet")), "-o", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"-o {out}" in err and words in err and "Traceback" not in err
+        monkeypatch.setattr(atomic.os, "replace", real_replace)
+        assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

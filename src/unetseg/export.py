@@ -17,6 +17,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +31,9 @@ from unetseg import __version__
 from unetseg.config import ExportConfig
 from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import build_model, load_checkpoint
-from unetseg.core.device import normalize
+from unetseg.core.device import to_unit
 from unetseg.errors import UserError
-from unetseg.predict.onnx import EXPORT_FORMAT, MIN_SIZE, require
+from unetseg.predict.onnx import EXPORT_FORMAT, EXPORT_VERSION, MIN_SIZE, require
 
 DEFAULT_OPSET = 18  # the oldest opset torch's dynamo exporter writes without a (lossy) version conversion
 # Example size for tracing: odd at every U-Net level (31, 15, 7, 3) so every `Up` pads, which puts the padding
@@ -47,13 +49,19 @@ class Deployable(nn.Module):
     def __init__(self, model: nn.Module, norm: dict, with_argmax: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.norm = norm
+        self.scale = float(norm["scale"])
+        # Buffers of this module, not core.device's cached constants: torch.export traces with fake tensors, and
+        # a constant first made (and cached) during tracing would be a fake tensor in every later eager call.
+        self.register_buffer("mean", torch.tensor([float(m) for m in norm["mean"]]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([float(s) for s in norm["std"]]).view(1, -1, 1, 1))
         self.with_argmax = with_argmax
         self.binary = model.n_classes == 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # Training's own normalisation, traced into the graph with the statistics as constants.
-        logits = self.model(normalize(images, self.norm, images.device, channels_last=False))  # (B, K, H, W)
+        # Training's own normalisation (core.device.normalize), traced into the graph with the statistics as
+        # constants: pixels / scale, then (x - mean) / std per channel.
+        x = to_unit(images, {"scale": self.scale}, images.device)  # (B, C, H, W) float32 in [0, 1]
+        logits = self.model(((x - self.mean) / self.std).contiguous())  # (B, K, H, W)
         if not self.with_argmax:
             return logits
         if self.binary:
@@ -72,7 +80,7 @@ def export_info(ckpt: dict, input_dtype: str, with_argmax: bool) -> dict:
     indices = {"name": "indices", "shape": ["batch", "height", "width"], "dtype": "int64"}
     return {
         "format": EXPORT_FORMAT,
-        "version": 1,
+        "version": EXPORT_VERSION,
         "unetseg_version": __version__,
         "source": ckpt.get("source", "unetseg"),
         "model": dict(ckpt["model"]),
@@ -95,24 +103,57 @@ def export_model(cfg: ExportConfig) -> Path:
     """``unetseg export``: write the model file and its side-car JSON; returns the model file's path."""
     ckpt = load_checkpoint(cfg.model_path)
     out = Path(cfg.output)
-    if out.resolve() == Path(cfg.model_path).resolve():
-        raise UserError(f"-o {out}: this is the checkpoint being exported; write the export to another file")
-    if out.is_dir():
-        raise UserError(f"-o {out}: this is a folder; name the file to write, e.g. -o {out / 'model.onnx'}")
+    check_output(out, Path(cfg.model_path))  # before the (slow) export runs
     input_dtype = cfg.input_dtype or ("uint8" if float(ckpt["norm"]["scale"]) <= 255 else "float32")
     model = Deployable(build_model(ckpt), ckpt["norm"], cfg.with_argmax).eval()
     info = export_info(ckpt, input_dtype, cfg.with_argmax)
     example = _pixels(EXAMPLE_SIZE, int(ckpt["channels"]), input_dtype)
     with _quiet_torch(), torch.no_grad():
         if cfg.format == "onnx":
-            info, check = _write_onnx(model, example, info, out, cfg.opset or DEFAULT_OPSET, cfg.quiet)
+            data, info, check = _onnx_bytes(model, example, info, cfg.opset or DEFAULT_OPSET, cfg.quiet)
         else:
-            info, check = _write_torchscript(model, example, info, out)
-    sidecar = out.with_name(out.name + ".json")
-    write_atomic(sidecar, lambda handle: handle.write(json.dumps(info, indent=2).encode()))
+            data, info, check = _torchscript_bytes(model, example, info)
+    _write(out, data)
+    _write(out.with_name(out.name + ".json"), json.dumps(info, indent=2).encode())
     if not cfg.quiet:
         print(_summary(out, info, check))
     return out
+
+
+def check_output(out: Path, model_path: Path) -> None:
+    """Refuse an output that would replace the checkpoint, or that cannot be written, before any work is done."""
+    for target in (out, out.with_name(out.name + ".json")):  # the model file and its side-car
+        same = target.resolve() == model_path.resolve()
+        if same or target.exists() and model_path.exists() and os.path.samefile(target, model_path):
+            what = "this" if target == out else f"its side-car {target.name}"
+            raise UserError(
+                f"-o {out}: {what} is the checkpoint being exported ({model_path}); write the export to another file"
+            )
+    if out.is_dir():
+        raise UserError(f"-o {out}: this is a folder; name the file to write, e.g. -o {out / 'model.onnx'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"-o {out}: the folder {folder} {what}; create it or write the export elsewhere")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # the real test: permissions, read-only mounts, quotas
+            pass
+    except OSError as err:
+        raise UserError(f"-o {out}: cannot write in {folder} ({_reason(err)}); choose a writable folder") from None
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write one output atomically; a full disk or a folder that turned read-only is the user's to fix."""
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise UserError(
+            f"-o {path}: could not write the file ({_reason(err)}); free some disk space or choose another folder"
+        ) from None
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
 
 
 def _pixels(size: tuple[int, int], channels: int, dtype: str, batch: int = 2) -> torch.Tensor:
@@ -155,9 +196,9 @@ def _check(model: nn.Module, run: Callable[[np.ndarray], np.ndarray], info: dict
     return f"max |logit difference| from PyTorch {diff:.1e} {where}"
 
 
-def _write_onnx(
-    model: nn.Module, example: torch.Tensor, info: dict, out: Path, opset: int, quiet: bool
-) -> tuple[dict, str]:
+def _onnx_bytes(
+    model: nn.Module, example: torch.Tensor, info: dict, opset: int, quiet: bool
+) -> tuple[bytes, dict, str]:
     """Export with the dynamo exporter (opset >= 18), falling back to the TorchScript-based one if that fails."""
     exporters = ["dynamo", "torchscript"] if opset >= DEFAULT_OPSET else ["torchscript"]
     for module in ("onnx", "onnxruntime", *(["onnxscript"] if "dynamo" in exporters else [])):
@@ -178,9 +219,7 @@ def _write_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     proto.doc_string = _contract(info)
-    data = proto.SerializeToString()
-    write_atomic(out, lambda handle: handle.write(data))
-    return info, check
+    return proto.SerializeToString(), info, check
 
 
 def _export_checked(model: nn.Module, example: torch.Tensor, info: dict, opset: int, dynamo: bool) -> tuple:
@@ -230,7 +269,7 @@ def _onnx_proto(model: nn.Module, example: torch.Tensor, info: dict, opset: int,
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, info: dict, out: Path) -> tuple[dict, str]:
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> tuple[bytes, dict, str]:
     """Trace to TorchScript (the U-Net's size-dependent padding is traced as shape arithmetic) and check it."""
     info = info | {"exporter": "torch.jit.trace"}
     traced = torch.jit.trace(model, (example,), check_trace=False)
@@ -238,8 +277,7 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, info: dict, out:
     torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(info)})
     loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
     check = _check(model, lambda x: loaded(torch.from_numpy(x)).numpy(), info)
-    write_atomic(out, lambda handle: handle.write(buffer.getvalue()))
-    return info, check
+    return buffer.getvalue(), info, check
 
 
 def _describe(tensor: dict) -> str:

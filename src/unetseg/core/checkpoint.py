@@ -17,6 +17,19 @@ import torch
 from torch import nn
 
 from unetseg.core.atomic import write_atomic
+from unetseg.core.meta import (
+    DAMAGED,
+    UNET_LIMITS,
+    as_dict,
+    as_int,
+    check_class_map,
+    check_mask_values,
+    check_model_spec,
+    check_norm,
+    check_scale,
+    damaged,
+    spec_io,
+)
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
 from unetseg.models import create_model, model_spec
@@ -24,6 +37,7 @@ from unetseg.models import create_model, model_spec
 FORMAT = "unetseg-checkpoint"
 VERSION = 1
 PYTORCH_UNET_SCALE = 0.5  # Pytorch-UNet's train.py and predict.py default --scale
+LOAD_HINT = "match --width, --bilinear, --classes and the input channels to the checkpoint"
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
@@ -119,13 +133,19 @@ def _is_pytorch_unet(state: dict) -> bool:
     return "inc.double_conv.0.weight" in state and "outc.conv.weight" in state
 
 
-def _from_pytorch_unet(state: dict) -> dict:
+def _from_pytorch_unet(state: dict, path: object) -> dict:
     """Wrap a Pytorch-UNet state_dict (with or without ``mask_values``) as a unetseg checkpoint."""
     state = dict(state)
     mask_values = state.pop("mask_values", None)
-    inc = state["inc.double_conv.0.weight"]
-    n_classes = state["outc.conv.weight"].shape[0]
-    channels = inc.shape[1]
+    check_state_dict(state, path)
+    inc, outc = state["inc.double_conv.0.weight"], state["outc.conv.weight"]
+    if inc.dim() != 4 or outc.dim() != 4:
+        raise damaged(
+            path, "the weights", f"have convolution kernels of shapes {tuple(inc.shape)}, {tuple(outc.shape)}"
+        )
+    n_classes, channels = outc.shape[0], inc.shape[1]
+    if isinstance(mask_values, torch.Tensor):
+        mask_values = mask_values.tolist()
     if mask_values is None:
         mask_values = [0, 1] if n_classes == 1 else list(range(n_classes))
     return {
@@ -143,10 +163,52 @@ def _from_pytorch_unet(state: dict) -> dict:
         "channels": channels,
         # Pytorch-UNet divides by 255 (when any value exceeds 1) and does not centre.
         "norm": {"scale": 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
-        "class_map": ClassMap(values=list(mask_values)).to_dict(),
+        "class_map": {"values": check_mask_values(mask_values, path, "mask_values", n_classes)},
         "scale": PYTORCH_UNET_SCALE,
         "config": {},
     }
+
+
+def check_state_dict(state: object, path: object) -> dict:
+    """Weights: a mapping of parameter names to plain tensors."""
+    state = as_dict(state, path, "state_dict")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise damaged(path, "state_dict", f"holds {key!r}: {type(value).__name__}, not a tensor")
+    return state
+
+
+def check_checkpoint(data: dict, path: object) -> dict:
+    """A unetseg checkpoint's inference fields, checked (types, ranges, agreement) before any model is built."""
+    version = data.get("version", VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise UserError(f"{path}: checkpoint version {version} is newer than this unetseg reads; upgrade unetseg")
+    as_int(version, path, "version", 1, VERSION)
+    missing = [key for key in ("model", "state_dict", "channels", "norm", "class_map") if key not in data]
+    if missing:
+        raise damaged(path, "the checkpoint", f"lacks {', '.join(repr(k) for k in missing)}")
+    spec = check_model_spec(data["model"], path)
+    n_channels, n_classes = spec_io(spec)
+    channels = as_int(data["channels"], path, "channels", *UNET_LIMITS["n_channels"])
+    if channels != n_channels:
+        raise damaged(path, "channels", f"is {channels} but the model takes {n_channels}")
+    checked = {
+        "norm": check_norm(data["norm"], channels, path),
+        "class_map": check_class_map(data["class_map"], n_classes, path),
+        "scale": check_scale(data.get("scale", 1.0), path),
+        "config": as_dict(data.get("config", {}), path, "config"),
+        "state_dict": check_state_dict(data["state_dict"], path),
+    }
+    check_fit(spec, checked["state_dict"], path)
+    return data | checked
+
+
+def check_fit(spec: dict, state: dict, source: object, **overrides: object) -> None:
+    """Compare the weights with the model ``spec`` describes, built on the meta device: no memory, no time."""
+    spec = dict(spec)
+    name = spec.pop("name")
+    with torch.device("meta"):
+        check_weights(create_model(name, **spec, **overrides), state, source, DAMAGED)
 
 
 def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: dict, scale: float = 1.0) -> dict:
@@ -166,14 +228,16 @@ def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: dict, scal
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A unetseg or Pytorch-UNet checkpoint as a unetseg checkpoint dict."""
+    """A unetseg or Pytorch-UNet checkpoint as a checked unetseg checkpoint dict; a bad one is a UserError."""
     data = read_file(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        return data
+        return check_checkpoint(data, path)
     if isinstance(data, dict) and _is_pytorch_unet(data):
-        return _from_pytorch_unet(data)
+        return check_checkpoint(_from_pytorch_unet(data, path), path)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict) and _is_pytorch_unet(data["state_dict"]):
-        return _from_pytorch_unet(data["state_dict"] | {"mask_values": data.get("mask_values")})
+        return check_checkpoint(
+            _from_pytorch_unet(data["state_dict"] | {"mask_values": data.get("mask_values")}, path), path
+        )
     raise UserError(
         f"{path}: not a unetseg or Pytorch-UNet checkpoint (no U-Net weights inside); "
         "pass a file written by unetseg train or Pytorch-UNet's train.py"
@@ -181,16 +245,27 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def build_model(checkpoint: dict, **overrides: object) -> nn.Module:
-    """The checkpoint's model with its weights loaded (on the CPU, eval mode)."""
+    """The checkpoint's model with its weights loaded (on the CPU, eval mode).
+
+    The spec is checked and compared with the weights first, so a damaged spec never allocates a model.
+    """
+    check_fit(checkpoint["model"], checkpoint["state_dict"], "checkpoint", **overrides)
     spec = dict(checkpoint["model"])
     name = spec.pop("name")
     model = create_model(name, **spec, **overrides)
-    load_weights(model, checkpoint["state_dict"], "checkpoint")
+    model.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if k != "mask_values"})
     return model.eval()
 
 
 def load_weights(model: nn.Module, state: dict, source: object) -> None:
     """Load a state dict, with a message that names the mismatch instead of a wall of keys."""
+    state = {k: v for k, v in state.items() if k != "mask_values"}
+    check_weights(model, state, source)
+    model.load_state_dict(state)
+
+
+def check_weights(model: nn.Module, state: dict, source: object, hint: str = LOAD_HINT) -> None:
+    """Raise a UserError naming what does not fit: missing or unexpected names, shapes, integer for float."""
     state = {k: v for k, v in state.items() if k != "mask_values"}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -200,7 +275,8 @@ def load_weights(model: nn.Module, state: dict, source: object) -> None:
         for k, v in own.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or shapes:
+    kinds = [f"{k} is {state[k].dtype}" for k, v in own.items() if k in state and _kind(state[k]) != _kind(v)]
+    if missing or unexpected or shapes or kinds:
         detail = "; ".join(
             filter(
                 None,
@@ -208,11 +284,13 @@ def load_weights(model: nn.Module, state: dict, source: object) -> None:
                     f"missing {', '.join(missing[:3])}" if missing else "",
                     f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
                     f"shape {', '.join(shapes[:3])}" if shapes else "",
+                    f"type {', '.join(kinds[:3])}" if kinds else "",
                 ],
             )
         )
-        raise UserError(
-            f"{source}: weights do not fit this model ({detail}); match --width, --bilinear, "
-            "--classes and the input channels to the checkpoint"
-        )
-    model.load_state_dict(state)
+        raise UserError(f"{source}: weights do not fit this model ({detail}); {hint}")
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    """Floating weights may arrive in another float type (bf16 is cast on load); integers must stay integers."""
+    return "float" if tensor.is_floating_point() else "complex" if tensor.is_complex() else "int"

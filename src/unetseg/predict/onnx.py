@@ -16,12 +16,14 @@ from types import ModuleType
 import numpy as np
 
 from unetseg.config import PredictConfig
+from unetseg.core.meta import UNET_LIMITS, as_int, check_class_map, check_scale, class_count, damaged
 from unetseg.data.classmap import ClassMap
 from unetseg.data.samples import resize_image, scaled_size
 from unetseg.errors import UserError
 from unetseg.predict.files import as_image_array, check_model_flags, check_predict_args, predict_to_files
 
 EXPORT_FORMAT = "unetseg-export"
+EXPORT_VERSION = 1  # of the metadata layout
 MIN_SIZE = 16  # four 2x max-poolings must leave at least one pixel
 # PredictConfig fields this runtime honours; any other field set away from its default is refused by name.
 ONNX_OPTIONS = {
@@ -58,20 +60,58 @@ def providers(ort: ModuleType, device: str) -> list:
 
 
 def read_metadata(session: object, path: Path) -> dict:
-    """The export description stored in the model's ``metadata_props`` (JSON values)."""
+    """The export description stored in the model's ``metadata_props`` (JSON values), checked against the graph."""
     raw = session.get_modelmeta().custom_metadata_map
     if raw.get("format") != json.dumps(EXPORT_FORMAT):
         raise UserError(
             f"{path}: this ONNX model carries no unetseg metadata; export it with unetseg export, "
             "or predict with the checkpoint it came from"
         )
-    return {key: json.loads(value) for key, value in raw.items() if _is_json(value)}  # others: the exporter's own
+    info = {key: json.loads(value) for key, value in raw.items() if _is_json(value)}  # others: the exporter's own
+    for key in ("version", "channels", "scale", "class_map"):
+        if key not in info:
+            raise damaged(path, f"metadata '{key}'", "is not JSON" if key in raw else "is missing")
+    version = info["version"]
+    if isinstance(version, int) and not isinstance(version, bool) and version > EXPORT_VERSION:
+        raise UserError(f"{path}: export version {version} is newer than this unetseg reads; upgrade unetseg")
+    as_int(version, path, "metadata 'version'", 1, EXPORT_VERSION)
+    with_argmax = info.get("with_argmax", False)
+    if not isinstance(with_argmax, bool):
+        raise damaged(path, "metadata 'with_argmax'", "must be true or false")
+    channels = as_int(info["channels"], path, "metadata 'channels'", *UNET_LIMITS["n_channels"])
+    inputs, outputs = _graph_dims(session, path, with_argmax)
+    if isinstance(inputs, int) and inputs != channels:
+        raise damaged(path, "metadata 'channels'", f"is {channels} but the graph takes {inputs} channels")
+    return info | {
+        "channels": channels,
+        "scale": check_scale(info["scale"], path),
+        "class_map": check_class_map(info["class_map"], outputs, path),
+        "with_argmax": with_argmax,
+    }
+
+
+def _graph_dims(session: object, path: Path, with_argmax: bool) -> tuple[int | None, int | None]:
+    """Input channels and output classes of the graph (None where the graph leaves them dynamic)."""
+    model_input, model_output = session.get_inputs()[0], session.get_outputs()[0]
+    if len(model_input.shape) != 4 or model_input.type not in ("tensor(uint8)", "tensor(float)"):
+        raise damaged(
+            path, "the graph's input", f"is {model_input.type} {model_input.shape}, not images (batch, H, W, C)"
+        )
+    if with_argmax:
+        return _static(model_input.shape[3]), None
+    if len(model_output.shape) != 4:
+        raise damaged(path, "the graph's output", f"has shape {model_output.shape}, not (batch, classes, H, W)")
+    return _static(model_input.shape[3]), _static(model_output.shape[1])
+
+
+def _static(dim: object) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -154,6 +194,10 @@ class OnnxSegmenter:
             )
         batch = resized[None].astype(self.input_dtype)  # (1, h, w, C)
         logits = self.session.run(None, {self.input_name: batch})[0][0]  # (K, h, w)
+        if logits.ndim != 3 or class_count(logits.shape[0]) != self.class_map.num_classes:
+            raise damaged(
+                self.path, "the graph", f"outputs {logits.shape} for one image, not one map per class of the class map"
+            )
         return upsample_bilinear(logits, (height, width))
 
     def predict_proba(self, image: object, scale: float | None = None) -> np.ndarray:

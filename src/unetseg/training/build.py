@@ -42,6 +42,7 @@ def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: dis
     out_channels = 1 if cfg.classes == 1 else data.class_map.num_classes
     model = create_model(
         cfg.model,
+        trainable=True,
         n_channels=data.channels,
         n_classes=out_channels,
         bilinear=cfg.bilinear,

@@ -55,7 +55,9 @@ def add_options(
             continue
         meta = f.metadata
         name = meta.get("group", "options")
-        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name)
+        group = groups[name]
         flags = flags_of(f)
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text(f).replace("%", "%%")}
         kind, _ = kind_of(f)

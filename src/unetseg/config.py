@@ -121,7 +121,7 @@ class PredictConfig(Checked):
         "output folder, or a file name when there is one input",
         "-o",
         group="input and output",
-        shown="beside the inputs",
+        shown="<name>_OUT.png beside each input",
     )
     scale: float | None = option(
         None, "input scale", "-s", group="inference", **SCALE, shown="the scale the model was trained at"

@@ -38,7 +38,7 @@ def test_plan_chooses_whole_images_class_weights_and_epochs_for_a_budget(tmp_pat
         s.mask.size for s in data.train
     )
     assert plan["class_weights"] == ("auto" if shares.min() < 0.05 else "none")
-    assert plan["epochs"] == 100_000 and "s per step measured here" in why["epochs"]  # the budget ends the run
+    assert plan["epochs"] == 100_000 and "budget ends the run" in why["epochs"]  # the budget, not a count
     assert make_plan(data, torch.device("cpu"))[1][1] == 32  # no budget: the wider CPU model
 
 
@@ -76,6 +76,9 @@ def test_plan_spaces_validation_rounds_by_their_cost(tmp_path):
     many = prepare(str(big), None, None, str(small), None, None, 1.0, 0, 0)  # 16 train 256x256, 40 val 64x64
     plan = {n: v for n, v, _ in make_plan(many, torch.device("cpu"))}
     assert plan["val_every"] == 1 and plan["val_rounds"] >= 1
+    # The user's patch size is a constraint: 32 px crops make an epoch 64x cheaper, so validation comes less often.
+    small_crops = {n: v for n, v, _ in make_plan(many, torch.device("cpu"), fixed={"patch_size": 32})}
+    assert (small_crops["val_every"], -small_crops["val_rounds"]) > (plan["val_every"], -plan["val_rounds"])
 
 
 def test_train_plans_by_default_and_given_options_win(tmp_path, capsys):

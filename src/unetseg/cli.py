@@ -8,35 +8,70 @@ import sys
 import time
 import traceback
 
-from unetseg.config import DoctorConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig, build
+from unetseg.config import (
+    PLAN_SKIP,
+    DoctorConfig,
+    EvaluateConfig,
+    ExportConfig,
+    PredictConfig,
+    TrainConfig,
+    build,
+    load_yaml,
+)
 from unetseg.errors import UserError
+from unetseg.options import flags_of, help_text, kind_of
+
+CONFIG_HELP = "YAML file of option: value lines (names as below, dashes or underscores); the command line wins"
+PLAN_NOTE = (
+    "Options marked 'planned' are chosen from the data and the device unless you give them; "
+    "--no-plan uses the fixed defaults shown."
+)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One option per dataclass field; defaults are suppressed so only what the user typed is seen."""
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+) -> dict[str, argparse._ArgumentGroup]:
+    """One option per dataclass field, in argument groups from the field metadata; returns the groups by name.
+
+    Defaults are suppressed so only what the user typed is seen; the help shows the default that will be used.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         meta = f.metadata
-        long = "--" + f.name.replace("_", "-")
-        flags = [*meta.get("flags", ()), long]
-        if f.name == "model_path":
-            flags = ["-m", "--model"]
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta.get("help", "")}
-        kind = str(f.type).split("|")[0].strip()
+        name = meta.get("group", "options")
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name)
+        group = groups[name]
+        flags = flags_of(f)
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text(f).replace("%", "%%")}
+        kind, _ = kind_of(f)
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("list"):
-            kwargs.update(nargs="+", action="extend")
         else:
-            kwargs["type"] = {"int": int, "float": float}.get(kind, str)
-            if meta.get("choices"):
-                kwargs["choices"] = meta["choices"]
-            if meta.get("const") is not None:
-                kwargs.update(nargs="?", const=meta["const"])
-        if f.default is not dataclasses.MISSING and f.default is not None and kind != "bool":
-            kwargs["help"] += f" (default: {f.default})"
-        parser.add_argument(*flags, **kwargs)
+            kwargs["metavar"] = flags[-1].lstrip("-").upper().replace("-", "_")
+            if kind == "list":
+                kwargs.update(nargs="+", action="extend")
+            else:
+                kwargs["type"] = {"int": int, "float": float}.get(kind, str)
+                if meta.get("choices"):
+                    kwargs.update(choices=meta["choices"], metavar="{" + ",".join(map(str, meta["choices"])) + "}")
+                if meta.get("const") is not None:
+                    kwargs.update(nargs="?", const=meta["const"])
+        group.add_argument(*flags, **kwargs)
+    return groups
+
+
+# command -> (config dataclass, options of it the command does not use, one-line help)
+SUBCOMMANDS: dict[str, tuple[type, tuple[str, ...], str]] = {
+    "train": (TrainConfig, (), "train a model (default data: the bundled nuclei sample)"),
+    "plan": (TrainConfig, PLAN_SKIP, "show the settings --plan would choose for a dataset on this device"),
+    "evaluate": (EvaluateConfig, (), "per-class and per-image scores of a checkpoint on a dataset"),
+    "predict": (PredictConfig, (), "masks for image files, folders or globs"),
+    "export": (ExportConfig, (), "an ONNX or TorchScript model that takes raw pixels, with its class map"),
+    "doctor": (DoctorConfig, (), "check a dataset before training: what is wrong and how to fix it"),
+}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -45,21 +80,41 @@ def make_parser() -> argparse.ArgumentParser:
         description="Train, evaluate, run and export U-Net segmentation models from folders of images and masks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (default data: the bundled nuclei sample)")
-    add_options(train, TrainConfig)
-    train.add_argument("--resume", default=argparse.SUPPRESS, help="continue a run: its directory or a checkpoint")
-    plan = sub.add_parser("plan", help="show the settings --plan would choose for a dataset on this device")
-    add_options(plan, TrainConfig)
-    evaluate = sub.add_parser("evaluate", help="per-class and per-image scores of a checkpoint on a dataset")
-    add_options(evaluate, EvaluateConfig)
-    predict = sub.add_parser("predict", help="masks for image files, folders or globs")
-    add_options(predict, PredictConfig)
-    predict.add_argument("-n", dest="save", action="store_false", default=argparse.SUPPRESS, help="= --no-save")
-    export = sub.add_parser("export", help="an ONNX or TorchScript model that takes raw pixels, with its class map")
-    add_options(export, ExportConfig)
-    doctor = sub.add_parser("doctor", help="check a dataset before training: what is wrong and how to fix it")
-    add_options(doctor, DoctorConfig)
+    for command, (cls, skip, summary) in SUBCOMMANDS.items():
+        planning = command in ("train", "plan")
+        sub_parser = sub.add_parser(
+            command, help=summary, description=f"{summary}. {PLAN_NOTE}" if planning else f"{summary}."
+        )
+        groups = add_options(sub_parser, cls, skip)
+        if "config" not in {f.name for f in dataclasses.fields(cls)}:
+            sub_parser.add_argument("--config", default=argparse.SUPPRESS, metavar="CONFIG", help=CONFIG_HELP)
+        if command == "train":
+            groups["run"].add_argument(
+                "--resume", default=argparse.SUPPRESS, help="continue a run: its directory or a checkpoint"
+            )
+        if command == "predict":  # Pytorch-UNet's -n/--no-save
+            groups["input and output"].add_argument(
+                "-n", dest="save", action="store_false", default=argparse.SUPPRESS, help="the same as --no-save"
+            )
     return parser
+
+
+def with_config_file(command: str, values: dict) -> dict:
+    """The command line's options over those of ``--config FILE``, every key and value checked and named by file.
+
+    ``train`` reads the file itself (below the settings of a resumed run), so only the check happens here.
+    """
+    cls, skip, _ = SUBCOMMANDS[command]
+    path = values.get("config")
+    if path is None:
+        return values
+    from_file = load_yaml(path, cls, skip, command)
+    if command == "train":
+        return values
+    merged = from_file | values
+    if "config" not in {f.name for f in dataclasses.fields(cls)}:
+        merged.pop("config")
+    return merged
 
 
 def train_command(values: dict) -> int:
@@ -121,12 +176,13 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input (one message, no traceback), 1 on an internal error."""
-    args = vars(make_parser().parse_args(argv))
-    command = args.pop("command")
+    command = ""  # known once the command line is parsed; errors before that are the parser's own
     try:
-        return COMMANDS[command](args)
+        args = vars(make_parser().parse_args(argv))
+        command = args.pop("command")
+        return COMMANDS[command](with_config_file(command, args))
     except UserError as err:
-        print(f"unetseg {command}: error: {err}", file=sys.stderr)
+        print(f"{' '.join(['unetseg', command]).strip()}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"unetseg {command}: interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from unetseg.config import PredictConfig
-from unetseg.core.atomic import write_atomic
+from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.data.io import IMAGE_SUFFIXES
 from unetseg.errors import UserError
 
@@ -111,14 +111,8 @@ def is_own_output(path: Path, manifests: dict[Path, dict[str, dict]]) -> bool:
 
 
 def write_error(path: Path, err: OSError) -> UserError:
-    """An OSError while writing ``path`` as one message that says what to do."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"no space left on the device writing {path}: free some space or choose another -o")
-    if err.errno == errno.EROFS:
-        return UserError(f"{path}: the file system is read-only; choose another -o")
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return UserError(f"{path}: permission denied writing here; choose another -o or make the folder writable")
-    return UserError(f"cannot write {path} ({err.strerror or err}); choose another -o")
+    """An OSError while writing ``path`` as one message that says what to do (storage errors: core.atomic's)."""
+    return storage_error(err, path) or UserError(f"cannot write {path} ({err.strerror or err}); choose another -o")
 
 
 def save_bytes(path: Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from unetseg.config import TrainConfig, build, load_yaml, parse_duration, to_dict
+from unetseg.config import PLAN_SKIP, TrainConfig, build, load_yaml, parse_duration, to_dict
 from unetseg.errors import UserError
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly: a width-32
@@ -108,7 +108,7 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
     )
 
 
-def resolve_options(values: dict) -> tuple[dict, dict | None]:
+def resolve_options(values: dict, skip: tuple[str, ...] = (), command: str = "train") -> tuple[dict, dict | None]:
     """The options with the resumed run's configuration, the ``--config`` file and the sample preset beneath them
     (what the user gave wins), and the checkpoint to resume from."""
     from unetseg.training.state import load_resume
@@ -126,7 +126,11 @@ def resolve_options(values: dict) -> tuple[dict, dict | None]:
         saved["out"] = str(path.parent.parent) if path.parent.name == "checkpoints" else saved.get("out")
     if values.get("config"):
         # The file may record the configuration it was made from (a relaunch does): that name is the one kept.
-        values = {"config": values["config"]} | load_yaml(values["config"]) | values_without(values, "config")
+        values = (
+            {"config": values["config"]}
+            | load_yaml(values["config"], TrainConfig, skip, command)
+            | values_without(values, "config")
+        )
     values = saved | values  # the resumed run's settings, beneath the file's and the user's
     if not any(values.get(k) for k in ("data", "images", "masks")):
         from unetseg.data.prepare import sample_dataset_dir
@@ -165,15 +169,16 @@ def default_run_dir() -> str:
     return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def planned(cfg: TrainConfig) -> Plan:
-    """The plan for ``cfg``'s data on ``cfg``'s device."""
+def planned(cfg: TrainConfig, given: dict | None = None) -> Plan:
+    """The plan for ``cfg``'s data on ``cfg``'s device, around the options the user ``given``."""
     from unetseg.core.device import resolve_device
     from unetseg.data.prepare import prepare_for
     from unetseg.training.plan import make_plan
 
     data = prepare_for(cfg, fold=(cfg.fold or 0, cfg.folds) if cfg.folds else None)  # the split training will see
     budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
-    return make_plan(data, resolve_device(cfg.device), budget)
+    fixed = {k: getattr(cfg, k) for k in (given or {}) if hasattr(cfg, k)}  # as checked and converted
+    return make_plan(data, resolve_device(cfg.device), budget, fixed)
 
 
 def plan_options(plan: Plan) -> dict:
@@ -194,7 +199,7 @@ def plan_lines(plan: Plan, given: dict) -> list[str]:
 
 def apply_plan(cfg: TrainConfig, given: dict) -> TrainConfig:
     """``cfg`` with the plan's choice for every option the user did not give; the plan is printed."""
-    plan = planned(cfg)
+    plan = planned(cfg, given)
     if cfg.log_format == "json":
         from unetseg.tracking.runlog import json_line
 
@@ -225,10 +230,10 @@ def option_args(options: dict) -> list[str]:
 
 def plan_report(values: dict) -> list[str]:
     """``unetseg plan``: the plan for these options, and the command that trains with exactly it."""
-    values, _ = resolve_options(values)
-    cfg = build(TrainConfig, values)
-    plan = planned(cfg)
+    values, _ = resolve_options(values, PLAN_SKIP, "plan")
+    cfg = build(TrainConfig, values, PLAN_SKIP, "plan")
     given = values_without(values, "config")
+    plan = planned(cfg, given)
     command = option_args(given | {n: v for n, v in plan_options(plan).items() if n not in given} | {"plan": False})
     return [
         f"plan for {cfg.data or cfg.images} (from the data and the device):",

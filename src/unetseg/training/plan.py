@@ -8,15 +8,11 @@ time budget. Every choice comes with its reason, and any option given on the com
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
 
-from unetseg.core.device import autocast, choose_dtype
 from unetseg.data.prepare import Dataset, class_frequencies
-from unetseg.models.unet import UNet
-from unetseg.training.losses import build_loss
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
@@ -76,28 +72,6 @@ def _batch(device: torch.device, pixels: int, width: int) -> tuple[int, str]:
     return batch, f"{free / 2**30:.0f} GiB free, about {per_image / 2**30:.2f} GiB per image: batch {batch}"
 
 
-def _measure_step(device: torch.device, channels: int, classes: int, width: int, batch: int, patch: tuple) -> float:
-    """Seconds per training step of the planned model (three timed steps after a warm-up)."""
-    model = UNet(channels, classes, width=width).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    dtype = choose_dtype("auto", False, device)
-    x = torch.randn(batch, channels, *patch, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, max(classes, 2), (batch, *patch), device=device)
-    loss_fn = build_loss("ce+dice")
-    times = []
-    for _ in range(4):
-        started = time.monotonic()
-        with autocast(device, dtype):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.monotonic() - started)
-    return float(np.median(times[1:]))
-
-
 def make_plan(
     data: Dataset, device: torch.device, time_budget_s: float | None = None, fixed: dict | None = None
 ) -> list[tuple[str, object, str]]:
@@ -109,13 +83,17 @@ def make_plan(
     fixed = fixed or {}
     gpu = device.type == "cuda"
     plan: list[tuple[str, object, str]] = []
+    # The user's own patch size, width and batch are constraints: what depends on them is planned for them.
     patch, why = _patch(data, gpu)
     plan.append(("patch_size", patch, why))
+    patch = fixed.get("patch_size", patch)
     width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
+    width = fixed.get("width", width)
     shape = (patch, patch) if patch else data.train[0].image.shape[:2]
     batch, why = _batch(device, shape[0] * shape[1], width)
     plan.append(("batch_size", batch, why))
+    batch = fixed.get("batch_size", batch)
     freq = class_frequencies(data.train, data.class_map.num_classes)
     rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
     weights = "auto" if rare else "none"
@@ -141,15 +119,13 @@ def make_plan(
     plan.append(("val_rounds", rounds, why))
     plan.append(("val_every", every, "validate after every epoch" if every == 1 else why))
     if time_budget_s:
-        step = _measure_step(device, data.channels, data.class_map.num_classes, width, batch, shape)
         steps_per_epoch = max(1, len(data.train) // batch)
-        fit = max(1, math.floor(time_budget_s / step / steps_per_epoch))
         plan.append(
             (
                 "epochs",
                 UNTIL_BUDGET,
-                f"until the {time_budget_s:.0f} s budget ends the run (the schedule follows the clock): about "
-                f"{fit} epochs of {steps_per_epoch} steps at {step:.2f} s per step measured here",
+                f"until the {time_budget_s:.0f} s budget ends the run (the schedule follows the clock), "
+                f"epochs of {steps_per_epoch} steps",
             )
         )
     return plan

@@ -135,7 +135,7 @@ def bench_width(args: argparse.Namespace, paths: list[Path], work: Path, width: 
     for tta in args.tta:
         cfg = PredictConfig(
             model_path=str(ckpt),
-            input=[],
+            input=[str(p) for p in paths],  # run_folder is handed the images itself
             output=str(work / "out"),
             scale=args.scale,
             tta=None if tta == "none" else tta,

@@ -301,16 +301,28 @@ def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+class OsWith:
+    """The os module with some functions replaced."""
+
+    def __init__(self, **replaced) -> None:
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+
 @pytest.mark.parametrize("where", ["posix_fallocate", "pwrite", "fsync", "write_atomic"])
 def test_a_full_disk_while_building_the_cache_exits_2_and_leaves_nothing(tmp_path, monkeypatch, capsys, where):
-    owner = cache_module if where == "write_atomic" else cache_module.os  # write_atomic: meta.json
-    if not hasattr(owner, where):
+    if where != "write_atomic" and not hasattr(os, where):
         pytest.skip(f"os.{where} is missing on this platform")
     root = make_dataset(tmp_path / "data", count=4, size=(32, 32))
     argv = ["train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "run")]
     assert run(["doctor", "--data", str(root)], capsys)[0] == 0  # the scan index is written; the cache is not
     with monkeypatch.context() as patch:
-        patch.setattr(owner, where, no_space)
+        if where == "write_atomic":  # meta.json
+            patch.setattr(cache_module, where, no_space)
+        else:  # the cache module's own calls only: the run directory's files are written as usual
+            patch.setattr(cache_module, "os", OsWith(**{where: no_space}))
         code, text = run(argv, capsys)
     assert code == 2, text
     assert "no space left on the device for the data cache at" in text and "(needs 1 MB)" in text

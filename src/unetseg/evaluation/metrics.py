@@ -99,6 +99,16 @@ def class_mean(values: list[float]) -> float:
     return sum(scored) / len(scored) if scored else math.nan
 
 
+def means(scores: dict) -> dict[str, float]:
+    """Both means of per-class scores: foreground Dice and IoU (classes 1..K-1), and mIoU and Dice over every class."""
+    return {
+        "dice_fg": foreground_mean(scores["dice"]),
+        "iou_fg": foreground_mean(scores["iou"]),
+        "miou": class_mean(scores["iou"]),
+        "dice_mean": class_mean(scores["dice"]),
+    }
+
+
 def image_dice(counts: torch.Tensor) -> list[list[float]]:
     """Per-image, per-class Dice from ``(N, K, 3)`` counts; empty (absent in truth and prediction) is NaN."""
     return scores_from_counts(counts.cpu())["dice"].tolist()

@@ -10,10 +10,9 @@ from unetseg.core.device import autocast, normalize
 from unetseg.core.distributed import DistInfo, all_reduce_sum, gather_lists
 from unetseg.data.samples import Sample, eval_batches
 from unetseg.evaluation.metrics import (
-    class_mean,
     class_scores,
     confusion_matrix,
-    foreground_mean,
+    means,
     per_image_counts,
     predict_classes,
     summarize,
@@ -84,10 +83,7 @@ def result_from_counts(cm: torch.Tensor, counts: torch.Tensor, names: list[str])
     summary = summarize(cm, counts)
     scores = class_scores(cm)
     return {
-        "dice_fg": foreground_mean(scores["dice"]),
-        "iou_fg": foreground_mean(scores["iou"]),
-        "miou": class_mean(scores["iou"]),
-        "dice_mean": class_mean(scores["dice"]),
+        **means(scores),
         **scores,
         "confusion": cm.cpu().tolist(),
         "images": list(names),

@@ -18,7 +18,7 @@ from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import prepare_for
 from unetseg.errors import UserError
 from unetseg.evaluation.choice import ScoreChoice, checkpoint_choice
-from unetseg.evaluation.metrics import class_mean, class_scores, foreground_mean
+from unetseg.evaluation.metrics import class_scores, means
 from unetseg.evaluation.report import json_safe
 from unetseg.evaluation.scoring import evaluate
 from unetseg.training.loop import fit
@@ -74,27 +74,16 @@ def write_ensemble(root: Path, folds: int) -> Path:
     return path
 
 
-def fold_means(cm: torch.Tensor) -> dict[str, float]:
-    """Both means of one confusion matrix: foreground Dice and IoU, and mIoU and Dice over every class."""
-    scores = class_scores(cm)
-    return {
-        "dice_fg": foreground_mean(scores["dice"]),
-        "iou_fg": foreground_mean(scores["iou"]),
-        "miou": class_mean(scores["iou"]),
-        "dice_mean": class_mean(scores["dice"]),
-    }
-
-
 def summarise(root: Path, folds: int, names: list[str], choice: ScoreChoice) -> dict:
     """Pooled out-of-fold scores over all folds (both means; ``choice`` is the headline), in ``cv.json`` and printed."""
     cms = [torch.tensor(json.loads((fold_dir(root, i) / "oof.json").read_text())["confusion"]) for i in range(folds)]
     cm = torch.stack(cms).sum(0)
     scores = class_scores(cm)
-    per_fold = [fold_means(c) for c in cms]
+    per_fold = [means(class_scores(c)) for c in cms]
     report = {
         "folds": folds,
-        "headline": {"value": choice.value(fold_means(cm)), **choice.describe()},
-        **fold_means(cm),
+        "headline": {"value": choice.value(means(class_scores(cm))), **choice.describe()},
+        **means(class_scores(cm)),
         "dice_fg_per_fold": [f["dice_fg"] for f in per_fold],
         "miou_per_fold": [f["miou"] for f in per_fold],
         "classes": [{"name": n, "dice": d, "iou": i} for n, d, i in zip(names, scores["dice"], scores["iou"])],

@@ -102,15 +102,14 @@ def make_parser() -> argparse.ArgumentParser:
 def with_config_file(command: str, values: dict) -> dict:
     """The command line's options over those of ``--config FILE``, every key and value checked and named by file.
 
-    ``train`` reads the file itself (below the settings of a resumed run), so only the check happens here.
+    ``train`` and ``plan`` leave the file to the training API, which reads and checks it the same way, beneath the
+    settings of a resumed run.
     """
     cls, skip, _ = SUBCOMMANDS[command]
     path = values.get("config")
-    if path is None:
+    if path is None or command in ("train", "plan"):
         return values
     from_file = load_yaml(path, cls, skip, command)
-    if command == "train":
-        return values
     merged = from_file | values
     if "config" not in {f.name for f in dataclasses.fields(cls)}:
         merged.pop("config")

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import yaml
 
 from unetseg.config import PLAN_SKIP, TrainConfig, build, load_yaml, parse_duration, to_dict
 from unetseg.errors import UserError
+from unetseg.training.rundir import default_run_dir
 
 # Options that `unetseg train` with no dataset uses for the bundled sample, unless given explicitly: a width-32
 # U-Net on 256 x 256 crops for eight minutes (the cosine schedule follows the clock), which ends above 0.85
@@ -150,7 +150,7 @@ def cross_validation(cfg: TrainConfig) -> TrainResult:
     from unetseg.training.folds import cross_validate
 
     if cfg.out is None:  # one root for every fold, known before the first fold starts
-        cfg = dataclasses.replace(cfg, out=default_run_dir())
+        cfg = dataclasses.replace(cfg, out=str(default_run_dir()))
     code = cross_validate(cfg)
     root = Path(cfg.out)
     cv, ensemble = root / "cv.json", root / "ensemble.pt"
@@ -163,10 +163,6 @@ def cross_validation(cfg: TrainConfig) -> TrainResult:
         exit_code=code,
         reason="cross-validation finished" if code == 0 else "cross-validation stopped",
     )
-
-
-def default_run_dir() -> str:
-    return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 def planned(cfg: TrainConfig, given: dict | None = None) -> Plan:
@@ -248,7 +244,7 @@ def relaunch(cfg: TrainConfig, resume: str | None) -> TrainResult:
     The processes read the resolved configuration from a file (planned here once, with a run directory fixed here so
     that every process writes into the same one), not from a rebuilt command line.
     """
-    out = cfg.out or default_run_dir()
+    out = cfg.out or str(default_run_dir())
     resolved = to_dict(dataclasses.replace(cfg, nproc=None, plan=False, out=out))
     with tempfile.TemporaryDirectory(prefix="unetseg-launch-") as folder:
         path = Path(folder) / "config.yaml"

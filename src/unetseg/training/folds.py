@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from unetseg.evaluation.metrics import class_scores, means
 from unetseg.evaluation.report import json_safe
 from unetseg.evaluation.scoring import evaluate
 from unetseg.training.loop import fit
+from unetseg.training.rundir import default_run_dir
 
 
 def fold_dir(root: Path, fold: int) -> Path:
@@ -107,7 +107,7 @@ def cross_validate(cfg: TrainConfig) -> int:
         raise UserError("--folds and --val-data exclude each other: folds take their validation from --data")
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise UserError(f"--fold {cfg.fold}: folds are numbered 0 to {cfg.folds - 1}")
-    root = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    root = Path(cfg.out or default_run_dir())
     todo = [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
     for fold in todo:
         result = fit(replace(cfg, out=str(fold_dir(root, fold)), fold=fold))

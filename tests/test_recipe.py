@@ -39,7 +39,7 @@ def test_plan_chooses_whole_images_class_weights_and_epochs_for_a_budget(tmp_pat
     )
     assert plan["class_weights"] == ("auto" if shares.min() < 0.05 else "none")
     assert plan["epochs"] == 100_000 and "budget ends the run" in why["epochs"]  # the budget, not a count
-    assert make_plan(data, torch.device("cpu"))[1][1] == 32  # no budget: the wider CPU model
+    assert {n: v for n, v, _ in make_plan(data, torch.device("cpu"))}["width"] == 32  # no budget: the wider model
 
 
 def halves_and_dots(root, count: int, dot: bool):

@@ -132,6 +132,15 @@ class TrainConfig(DataConfig):
         "--no-plan uses the fixed defaults",
         group="run",
     )
+    scale: float = option(
+        1.0,
+        "downscaling factor of the images (bicubic) and masks (nearest), as Pytorch-UNet; predict and evaluate resize "
+        "back and score at the images' own size",
+        "-s",
+        group="data",
+        planned=True,
+        **SCALE,
+    )
     model: str = option(
         "unet", "model architecture (the registered models are listed when a name is unknown)", group="model"
     )
@@ -156,6 +165,14 @@ class TrainConfig(DataConfig):
         "scale/rotation/shift, brightness, contrast, gamma, noise, blur), heavy (+ elastic, stronger)",
         choices=("none", "flips", "light", "default", "heavy"),
         group="sampling and augmentation",
+    )
+    flips: str = option(
+        "all",
+        "random flips: all (left-right, up-down, 90-degree turns: microscopy, aerial views) or horizontal (left-right "
+        "only: photos and scenes, which have an up and a down)",
+        choices=("all", "horizontal"),
+        group="sampling and augmentation",
+        planned=True,
     )
     foreground_crops: float = option(
         0.33,

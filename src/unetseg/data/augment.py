@@ -11,7 +11,7 @@ so a resumed run, and N processes sharing a global batch, make exactly the decis
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ class AugmentSpec:
     """Probabilities and ranges of each transform (one preset per ``--augment`` name)."""
 
     flips: bool = True  # horizontal and vertical flips, and 90-degree turns of square patches
+    upright: bool = False  # horizontal flips only: for photos and scenes, which have an up and a down
     affine_p: float = 0.0  # share of samples given a random scale/rotation/shift
     scale: tuple[float, float] = (0.8, 1.25)
     rotate_deg: float = 15.0
@@ -62,10 +63,15 @@ PRESETS: dict[str, AugmentSpec | None] = {
 }
 
 
-def get_spec(name: str) -> AugmentSpec | None:
+FLIPS = ("all", "horizontal")  # --flips: every orientation, or only left-right mirror images
+
+
+def get_spec(name: str, flips: str = "all") -> AugmentSpec | None:
+    """The ``--augment`` preset, with ``--flips horizontal`` keeping images upright (no vertical flip, no turn)."""
     if name not in PRESETS:
         raise UserError(f"--augment {name}: unknown preset; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    spec = PRESETS[name]
+    return replace(spec, upright=True) if spec is not None and flips == "horizontal" else spec
 
 
 def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
@@ -116,8 +122,12 @@ def _to_device(params: dict[str, torch.Tensor], device: torch.device) -> dict[st
     return out
 
 
-def _flips(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _flips(
+    x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor, upright: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _select(flip[:, 0], x.flip(-1), x), _select(flip[:, 0], y.flip(-1), y)
+    if upright:
+        return x, y
     x, y = _select(flip[:, 1], x.flip(-2), x), _select(flip[:, 1], y.flip(-2), y)
     if x.shape[-1] == x.shape[-2]:
         x = _select(flip[:, 2], x.rot90(1, (-2, -1)), x)
@@ -206,7 +216,7 @@ def augment_batch(
     channels_last = images.is_contiguous(memory_format=torch.channels_last)
     x, y = images, masks
     if spec.flips:
-        x, y = _flips(x, y, on_device["flip"])
+        x, y = _flips(x, y, on_device["flip"], spec.upright)
     if (params["affine"] | params["elastic"]).any():
         x, y = _geometry(x, y, params, on_device, spec)
     if spec.intensity_p or spec.gamma_p or spec.noise_p or spec.blur_p:

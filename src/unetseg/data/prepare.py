@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,11 @@ def evaluation_samples(
     problems = check.problems + unknown_values(check.scan, class_map)
     if problems:
         raise DataError(problems, hint=doctor_hint(data))
-    return decoded_samples(check, class_map, channels, scale, resize_to_mask), str(check.root)
+    samples = decoded_samples(check, class_map, channels, scale, resize_to_mask)
+    if scale != 1.0:  # score at the images' own size, as predict writes masks: the model's input alone is scaled
+        full = decoded_samples(check, class_map, channels, 1.0, resize_to_mask)
+        samples = [dataclasses.replace(s, mask=f.mask, class_counts=f.class_counts) for s, f in zip(samples, full)]
+    return samples, str(check.root)
 
 
 def class_frequencies(samples: list[Sample], num_classes: int) -> np.ndarray:

@@ -171,9 +171,9 @@ def eval_batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch
     """Every sample exactly once, whole (no crop, no dropped batch); a batch holds images of one size."""
     import torch
 
-    by_size: dict[tuple[int, int], list[Sample]] = {}
-    for sample in samples:
-        by_size.setdefault(sample.image.shape[:2], []).append(sample)
+    by_size: dict[tuple, list[Sample]] = {}
+    for sample in samples:  # a mask may be larger than its image: scored at the image's own size (evaluate)
+        by_size.setdefault((sample.image.shape[:2], sample.mask.shape), []).append(sample)
     for group in by_size.values():
         for i in range(0, len(group), batch_size):
             chunk = group[i : i + batch_size]

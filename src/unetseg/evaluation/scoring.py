@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unetseg.core.device import autocast, normalize
@@ -56,6 +57,8 @@ def evaluate(
         target = masks.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = model(x)
+        if logits.shape[-2:] != target.shape[-2:]:  # a downscaled input, scored at the mask's own size
+            logits = F.interpolate(logits.float(), target.shape[-2:], mode="bilinear", align_corners=False)
         pred = predict_classes(logits, threshold)
         cm += confusion_matrix(pred, target, num_classes)
         counts.append(per_image_counts(pred, target, num_classes))

@@ -101,7 +101,7 @@ def assemble(
     ema = EMA(model, cfg.ema) if cfg.ema else None
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
     run.compile_pending = compiled
-    run.augment = get_spec(cfg.augment)
+    run.augment = get_spec(cfg.augment, cfg.flips)
     run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
     run.stats = RunningStats(model)
     run.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None

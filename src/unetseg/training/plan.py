@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 from unetseg.data.prepare import Dataset, class_frequencies
+from unetseg.data.samples import scaled_size
+from unetseg.data.shapes import Shapes, measure
+from unetseg.evaluation.choice import choose_score
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
@@ -22,17 +25,83 @@ RARE_CLASS_SHARE = 0.05  # below this pixel share, weight the loss toward the cl
 UNTIL_BUDGET = 100_000  # epochs under a time budget: the budget, not a count, ends the run
 VALIDATION_SHARE = 0.1  # validation rounds should cost about this share of the training time
 CPU_SMALL_BUDGET_S = 30 * 60  # below this budget a CPU trains the narrow U-Net (more steps in the time)
+# Training resolution. Structures keep at least DETAIL_PX of thickness (a thinner line is lost to the resize);
+# images keep a short side of MIN_SIDE_PX (below it a U-Net's four poolings leave no context); and on a budget the
+# resolution drops until it affords TARGET_EPOCHS passes over the data at about PIXELS_PER_S training pixels a
+# second. A whole image at half size, seen 40 times, teaches an object's shape better than a few full-size crops.
+DETAIL_PX = 16
+# Objects thicker than CONTEXT_PX (a disc of about 90 px) outgrow what the U-Net's four poolings see around a pixel:
+# at a lower resolution the whole object falls inside it, and each step costs less.
+CONTEXT_PX = 56
+DETAIL_SHARE = 0.01  # classes rarer than this do not hold the resolution up (rare-class sampling serves them)
+MIN_SIDE_PX = 112
+TARGET_EPOCHS = 40
+PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores with bf16; the width-64 one on a GPU
+UPRIGHT_BALANCE = 0.5  # a class this much more often in one half of the image than the other marks an up and down
+UPRIGHT_TILT = 0.5  # or images whose top third is this many standard deviations brighter or darker than the bottom
 
 
-def _patch(data: Dataset, gpu: bool) -> tuple[int | None, str]:
-    """Whole images when they all share one size that fits; otherwise square crops near the median short side."""
+def _scale(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, fixed: dict) -> tuple[float, str]:
+    """The training resolution: as low as the thinnest common structure, the context and the budget allow."""
+    names = data.class_map.names
+    main = [(c.thickness, n) for c, n in zip(shapes.classes, names) if c.share >= DETAIL_SHARE and c.thickness]
+    thinnest, which = min(main) if main else (float("inf"), "")
+    detail = DETAIL_PX / thinnest
+    side = MIN_SIDE_PX / max(shapes.short_side, 1)
+    objects = _object_thickness(data, shapes)
+    context = CONTEXT_PX / objects if objects else 1.0
+    reasons = [f"median short side {shapes.short_side} px (keep {MIN_SIDE_PX}: {side:.2f})"]
+    if which:
+        reasons.insert(0, f"thinnest common class {which} is {thinnest:.0f} px thick (keep {DETAIL_PX}: {detail:.2f})")
+    if objects:
+        reasons.append(f"objects {objects:.0f} px thick (fit {CONTEXT_PX}: {context:.2f})")
+    speed = 1.0
+    if budget_s:
+        pixels = PIXELS_PER_S[device] * budget_s / (max(len(data.train), 1) * TARGET_EPOCHS)
+        speed = math.sqrt(pixels / max(shapes.pixels, 1))
+        reasons.append(f"{TARGET_EPOCHS} epochs in the budget need {speed:.2f}")
+    # Lower for large objects or for the budget, but never below what thin structures and context need.
+    scale = min(1.0, max(detail, side, min(context, speed)))
+    scale = 1.0 if scale > 0.875 else max(0.125, round(scale * 8) / 8)
+    why = ", ".join(reasons)
+    if fixed.get("patch_size") and scale < 1:
+        return 1.0, f"--patch-size given: crops at the images' own resolution ({why})"
+    return scale, (f"{why}: train at {scale:g} of the size" if scale < 1 else f"{why}: full resolution")
+
+
+def _object_thickness(data: Dataset, shapes: Shapes) -> float:
+    """Pixel-share-weighted thickness of the classes that are objects (all but a background class 0)."""
+    first = 1 if choose_score(data.class_map).kind == "foreground" else 0
+    kept = [c for c in shapes.classes[first:] if c.share >= DETAIL_SHARE and c.thickness]
+    total = sum(c.share for c in kept)
+    return sum(c.share * c.thickness for c in kept) / total if total else 0.0
+
+
+def _flips(data: Dataset, shapes: Shapes) -> tuple[str, str]:
+    """Horizontal flips only where the data has an up and a down (sky above, road below)."""
+    common = [(abs(c.vertical), n) for c, n in zip(shapes.classes, data.class_map.names) if c.share >= DETAIL_SHARE]
+    balance, which = max(common) if common else (0.0, "")
+    if balance >= UPRIGHT_BALANCE:
+        share = (1 + balance) / 2
+        return "horizontal", f"{share:.0%} of {which} lies in one half of the images: they have an up and a down"
+    if shapes.intensity_tilt >= UPRIGHT_TILT:
+        return "horizontal", (
+            f"the images' top and bottom thirds differ by {shapes.intensity_tilt:.1f} standard deviations: "
+            "they have an up and a down"
+        )
+    return "all", "no class or brightness prefers the top or the bottom of the images: every orientation"
+
+
+def _patch(data: Dataset, gpu: bool, scale: float) -> tuple[int | None, str]:
+    """Whole images when they all share one size that fits; otherwise square crops of the median short side
+    (rounded up, so a downscaled image is almost whole in its crop)."""
     whole, crop = (1024, 512) if gpu else (256, 256)
-    sizes = np.array([s.image.shape[:2] for s in data.train])
+    sizes = np.array([scaled_size(*s.image.shape[:2], scale) for s in data.train])
     if len({tuple(s) for s in sizes}) == 1 and sizes[0].max() <= whole:
-        return None, f"all images are {sizes[0][1]}x{sizes[0][0]}: train on whole images"
+        return None, f"all images are {sizes[0][1]}x{sizes[0][0]} at this scale: train on whole images"
     median = int(np.median(sizes.min(axis=1)))
-    patch = max(64, min(crop, median // 32 * 32 or 64))
-    return patch, f"median short side {median} px, capped at {crop} on this device: {patch}x{patch} crops"
+    patch = max(64, min(crop, math.ceil(median / 32) * 32))
+    return patch, f"median short side {median} px at this scale, capped at {crop} on this device: {patch}x{patch} crops"
 
 
 def _width(gpu: bool, budget_s: float | None) -> tuple[int, str]:
@@ -46,14 +115,16 @@ def _width(gpu: bool, budget_s: float | None) -> tuple[int, str]:
     return 32, "32 on a CPU, where bf16 trains it about 4x faster than width 64 (benchmarks/README.md)"
 
 
-def _validation(data: Dataset, batch: int, patch: tuple[int, int], gpu: bool) -> tuple[int, int, str]:
+def _validation(
+    data: Dataset, batch: int, patch: tuple[int, int], gpu: bool, scale: float = 1.0
+) -> tuple[int, int, str]:
     """(rounds per epoch, epochs between rounds, why): whole-image validation kept near 10% of the training time.
 
     Estimated from the pixels alone, with no measurement: a validation pixel costs about a third of a training
     pixel on a CPU, and about half on a GPU, where the training step is compiled and validation is not
     (benchmarks/README.md).
     """
-    val_pixels = sum(s.image.shape[0] * s.image.shape[1] for s in data.val)
+    val_pixels = scale**2 * sum(s.image.shape[0] * s.image.shape[1] for s in data.val)
     epoch_pixels = max(1, len(data.train) // batch) * batch * patch[0] * patch[1]
     share = val_pixels / ((2 if gpu else 3) * epoch_pixels)
     if not data.val or share <= VALIDATION_SHARE:
@@ -83,14 +154,20 @@ def make_plan(
     fixed = fixed or {}
     gpu = device.type == "cuda"
     plan: list[tuple[str, object, str]] = []
-    # The user's own patch size, width and batch are constraints: what depends on them is planned for them.
-    patch, why = _patch(data, gpu)
+    shapes = measure(data.train, data.class_map.num_classes)
+    # The user's own scale, patch size, width and batch are constraints: what depends on them is planned for them.
+    # The data arrive at the user's scale when one was given, at full resolution otherwise.
+    scale, why = _scale(data, shapes, "cuda" if gpu else "cpu", time_budget_s, fixed)
+    plan.append(("scale", scale, why))
+    flips, why = _flips(data, shapes)
+    plan.append(("flips", flips, why))
+    patch, why = _patch(data, gpu, 1.0 if "scale" in fixed else scale)
     plan.append(("patch_size", patch, why))
     patch = fixed.get("patch_size", patch)
     width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
     width = fixed.get("width", width)
-    shape = (patch, patch) if patch else data.train[0].image.shape[:2]
+    shape = (patch, patch) if patch else scaled_size(*data.train[0].image.shape[:2], 1.0 if "scale" in fixed else scale)
     batch, why = _batch(device, shape[0] * shape[1], width)
     plan.append(("batch_size", batch, why))
     batch = fixed.get("batch_size", batch)
@@ -112,7 +189,7 @@ def make_plan(
             f"values / {top:g} (the data's range), then mean {data.norm['mean']} and std {data.norm['std']}",
         )
     )
-    rounds, every, why = _validation(data, batch, shape, gpu)
+    rounds, every, why = _validation(data, batch, shape, gpu, 1.0 if "scale" in fixed else scale)
     if every > 1 and fixed.get("epochs") and not time_budget_s and "val_every" not in fixed:
         # A run of a few fixed epochs must report a score each epoch; "one every N epochs" could leave one round.
         every, why = 1, f"validate after every epoch: --epochs {fixed['epochs']} given without a time budget"

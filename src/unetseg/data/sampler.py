@@ -38,7 +38,7 @@ class TrainBatches:
         self.samples, self.patch, self.seed, self.rank, self.world = samples, patch, seed, rank, world
         self.batch_size = max(1, min(batch_size, len(samples) // world))
         self.foreground_share = foreground_share
-        self._foreground: dict[int, np.ndarray] = {}  # subsampled foreground pixel positions per sample
+        self._foreground: dict[int, list[np.ndarray]] = {}  # subsampled pixel positions per foreground class
 
     @property
     def global_batch(self) -> int:
@@ -63,17 +63,29 @@ class TrainBatches:
             yield torch.from_numpy(np.stack([c[0] for c in crops])), torch.from_numpy(np.stack([c[1] for c in crops]))
 
     def _foreground_corner(self, index: int, pick: float) -> np.ndarray | None:
-        """Corner (as shares of the free range) of a crop centred on a random foreground pixel, if any."""
+        """Corner (as shares of the free range) of a crop centred on a foreground pixel, if any.
+
+        The class is drawn first, evenly among the foreground classes in the image, then a pixel of it: a class
+        with 1% of the pixels is centred as often as one with 50%, so rare classes are seen (nnU-Net samples its
+        foreground crops by class, too). ``pick`` in [0, 1) chooses both.
+        """
         sample = self.samples[index]
         if index not in self._foreground:
             mask = np.asarray(sample.mask)
-            points = np.argwhere((mask > 0) & (mask != IGNORE_INDEX))
-            step = max(1, len(points) // 2048)  # a subsample is enough to centre crops on objects
-            self._foreground[index] = points[::step]
-        points = self._foreground[index]
-        if not len(points):
+            by_class = []
+            for k in np.unique(mask):
+                if k == 0 or k == IGNORE_INDEX:
+                    continue
+                points = np.argwhere(mask == k)
+                step = max(1, len(points) // 2048)  # a subsample is enough to centre crops on objects
+                by_class.append(points[::step])
+            self._foreground[index] = by_class
+        by_class = self._foreground[index]
+        if not by_class:
             return None
-        y, x = points[int(pick * len(points))]
+        which = pick * len(by_class)
+        points = by_class[int(which)]
+        y, x = points[int((which - int(which)) * len(points))]
         (h, w), (ph, pw) = sample.image.shape[:2], self.patch
         return np.array([(y - ph // 2) / max(h - ph, 1), (x - pw // 2) / max(w - pw, 1)]).clip(0, 1)
 

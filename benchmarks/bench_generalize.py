@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image, ImageDraw
 from torch import nn
 
@@ -218,7 +219,10 @@ def unetseg_run(train_dir: Path, val_dir: Path | None, test_dir: Path, out: Path
     if result.returncode:
         raise SystemExit(f"unetseg evaluate failed ({result.returncode}): {result.stderr[-2000:]}")
     report = json.loads(scores.read_text())
-    return {"confusion": np.array(report["confusion"]), "values": [c["value"] for c in report["classes"]], "wall": wall}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    planned = {k: config.get(k) for k in ("scale", "patch_size", "flips", "width", "class_weights")}
+    confusion, values = np.array(report["confusion"]), [c["value"] for c in report["classes"]]
+    return {"confusion": confusion, "values": values, "wall": wall, "plan": planned}
 
 
 # ---- scores and the table -----------------------------------------------------------------------------------------
@@ -258,6 +262,7 @@ def run_one(suite: Suite, root: Path, work: Path, scale: float) -> dict:
         "naive_epochs": epochs,
         "unetseg": headline(ours["confusion"], ours["values"], suite.score),
         "unetseg_wall_s": ours["wall"],
+        "plan": ours["plan"],
         "score": suite.score,
         "iou": {str(v): round(float(i), 3) for v, i in zip(ours["values"], iou)},
         "share": {str(v): float(shares[i] / shares[: len(values)].sum()) for i, v in enumerate(values)},
@@ -302,6 +307,8 @@ def print_table(rows: list[dict]) -> None:
     if ratios:
         print(f"\nmean ratio {np.mean(ratios):.3f}; unetseg >= naive on {sum(x >= 1 for x in ratios)}/{len(ratios)}")
     for r in rows:
+        plan = ", ".join(f"{k} {v}" for k, v in r["plan"].items())
+        print(f"{r['dataset']}: naive {r['naive_epochs']} epochs; unetseg {r['unetseg_wall_s']:.0f} s wall, {plan}")
         if r["note"]:
             print(f"{r['dataset']}: {r['note']}")
 

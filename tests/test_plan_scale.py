@@ -111,3 +111,16 @@ def test_evaluate_scores_a_downscaled_model_at_the_images_own_size(tmp_path):
     assert report["scale"] == 0.5
     assert report["classes"][1]["pixels_true"] == truth  # 31 x 21 per image, not the 15 x 10 of the half size
     assert sum(c["pixels_true"] for c in report["classes"]) == 3 * 60 * 44
+
+
+def test_augmentation_is_light_for_many_images_and_few_epochs(tmp_path):
+    def dot(draw, rng):
+        x, y = rng.integers(10, 50, 2).tolist()
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=1)
+
+    many = draw_set(tmp_path / "many", 170, (64, 48), dot)
+    assert plan_of(many, budget_s=10)["augment"][0] == "light"  # ~9 epochs of 150 images
+    assert plan_of(many, budget_s=3600)["augment"][0] == "default"  # thousands of epochs: variety pays
+    few = draw_set(tmp_path / "few", 20, (64, 48), dot)
+    chosen, why = plan_of(few, budget_s=10)["augment"]
+    assert chosen == "default" and "fewer than" in why

@@ -165,6 +165,7 @@ class TrainConfig(DataConfig):
         "scale/rotation/shift, brightness, contrast, gamma, noise, blur), heavy (+ elastic, stronger)",
         choices=("none", "flips", "light", "default", "heavy"),
         group="sampling and augmentation",
+        planned=True,
     )
     flips: str = option(
         "all",

@@ -37,6 +37,10 @@ DETAIL_SHARE = 0.01  # classes rarer than this do not hold the resolution up (ra
 MIN_SIDE_PX = 112
 TARGET_EPOCHS = 40
 PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores with bf16; the width-64 one on a GPU
+# Augmentation stands in for images a dataset lacks. With many images and a budget of few passes over them, each
+# image is seen too few times for random warps and colour changes to pay; the budget goes to convergence instead.
+MANY_IMAGES = 150
+FEW_EPOCHS = 50
 UPRIGHT_BALANCE = 0.5  # a class this much more often in one half of the image than the other marks an up and down
 UPRIGHT_TILT = 0.5  # or images whose top third is this many standard deviations brighter or darker than the bottom
 
@@ -90,6 +94,21 @@ def _flips(data: Dataset, shapes: Shapes) -> tuple[str, str]:
             "they have an up and a down"
         )
     return "all", "no class or brightness prefers the top or the bottom of the images: every orientation"
+
+
+def _augment(data: Dataset, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
+    """``light`` for many images and a budget of few epochs, else ``default``."""
+    count = len(data.train)
+    if not budget_s:
+        return "default", "no time budget: the epochs are yours to choose"
+    epochs = PIXELS_PER_S[device] * budget_s / (max(count, 1) * max(pixels, 1))
+    if count >= MANY_IMAGES and epochs < FEW_EPOCHS:
+        return "light", (
+            f"{count} images and about {epochs:.0f} epochs in the budget: each image is seen too few times for "
+            "warps and colour changes to pay, flips and mild intensity only"
+        )
+    reason = f"fewer than {MANY_IMAGES} images" if count < MANY_IMAGES else f"about {epochs:.0f} epochs in the budget"
+    return "default", f"{reason}: random scale/rotation/shift and intensity changes stand in for more data"
 
 
 def _patch(data: Dataset, gpu: bool, scale: float) -> tuple[int | None, str]:
@@ -171,6 +190,8 @@ def make_plan(
     batch, why = _batch(device, shape[0] * shape[1], width)
     plan.append(("batch_size", batch, why))
     batch = fixed.get("batch_size", batch)
+    augment, why = _augment(data, "cuda" if gpu else "cpu", time_budget_s, shape[0] * shape[1])
+    plan.append(("augment", augment, why))
     freq = class_frequencies(data.train, data.class_map.num_classes)
     rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
     weights = "auto" if rare else "none"

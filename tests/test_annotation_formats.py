@@ -152,3 +152,101 @@ def test_coco_without_pycocotools_says_how_to_install(tmp_path, monkeypatch, cap
     monkeypatch.setattr(builtins, "__import__", no_pycocotools)
     assert main(["doctor", "--data", str(path)]) == 2
     assert 'pip install "unetseg[coco]"' in capsys.readouterr().err
+
+
+def _palette_png(path: Path, values: np.ndarray) -> None:
+    from unetseg.data.formats.voc import voc_palette
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(values.astype(np.uint8)).convert("P")
+    image.putpalette([c for rgb in voc_palette() for c in rgb])
+    image.save(path)
+
+
+def make_voc(root: Path) -> Path:
+    """VOC2012 layout: person (15) and cat (8) squares with a void (255) border; 3 training ids, 1 validation id."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for i, stem in enumerate(("2007_000001", "2007_000002", "2007_000003", "2007_000004", "2007_000009")):
+        _image(base / "JPEGImages" / f"{stem}.jpg", i)
+        mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        mask[4 + i : 20 + i, 4:20] = 15
+        mask[3 + i, 3:21] = 255  # the void border VOC draws around objects
+        mask[24:30, 24:30] = 8
+        _palette_png(base / "SegmentationClass" / f"{stem}.png", mask)
+    sets = base / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000001\n2007_000002\n2007_000003\n")
+    (sets / "val.txt").write_text("2007_000004\n")  # 2007_000009 is in no list: left out
+    return root / "VOCdevkit"
+
+
+def test_voc_palette_indices_void_and_split(tmp_path):
+    generated = resolve(str(make_voc(tmp_path)), None, None, None)
+    assert generated.format == "Pascal VOC"
+    assert sorted(generated.folders) == ["train", "val"]
+    train, val = generated.folders["train"], generated.folders["val"]
+    assert sorted(p.stem for p in (train / "masks").iterdir()) == ["2007_000001", "2007_000002", "2007_000003"]
+    assert [p.stem for p in (val / "masks").iterdir()] == ["2007_000004"]
+    mask = _mask(val, "2007_000004")
+    assert (mask == 15).sum() == 16 * 16 and (mask == 8).sum() == 36 and (mask == 255).sum() == 18
+    classes = (train / "classes.yaml").read_text()
+    assert "name: person" in classes and "value: 15" in classes and "ignore: 255" in classes
+
+
+def make_cityscapes(root: Path) -> Path:
+    """One training and one validation image; label ids road (7), car (26), building (11), unlabeled (0), bridge (15)."""
+    for split, city, seed in (("train", "aachen", 0), ("val", "frankfurt", 1)):
+        stem = f"{city}_000000_000019"
+        _image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed)
+        ids = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        ids[16:, :] = 7
+        ids[20:28, 4:12] = 26
+        ids[:8, :] = 11
+        ids[8:10, :] = 15
+        path = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray(ids).save(path)
+    return root
+
+
+def test_cityscapes_label_ids_to_train_ids(tmp_path):
+    generated = resolve(str(make_cityscapes(tmp_path / "cs")), None, None, None)
+    assert generated.format == "Cityscapes"
+    mask = _mask(generated.folders["val"], "frankfurt_000000_000019")
+    names = [c[0] for c in CLASSES]
+    assert (mask == names.index("road")).sum() == 16 * SIZE - 64
+    assert (mask == names.index("car")).sum() == 64
+    assert (mask == names.index("building")).sum() == 8 * SIZE
+    assert (mask == 255).sum() == 8 * SIZE  # unlabeled (0) and bridge (15) are not evaluated: ignored
+    assert "score: all" in (generated.folders["train"] / "classes.yaml").read_text()
+
+
+def test_generated_masks_are_reused_and_rebuilt_after_an_edit(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    first = resolve(str(root), None, None, None)
+    again = resolve(str(root), None, None, None)
+    assert first.folders == again.folders
+    label = next((root / "gtFine" / "val").glob("*/*_labelIds.png"))
+    Image.fromarray(np.full((SIZE, SIZE), 26, dtype=np.uint8)).save(label)
+    edited = resolve(str(root), None, None, None)
+    assert edited.folders["val"] != first.folders["val"]
+    assert (_mask(edited.folders["val"], "frankfurt_000000_000019") == 13).all()  # car everywhere
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes"])
+def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
+    if fmt == "coco":
+        data = make_coco(tmp_path / "coco", pytest.importorskip("pycocotools.mask"))
+    else:
+        data = make_voc(tmp_path / "voc") if fmt == "voc" else make_cityscapes(tmp_path / "cs")
+    run = tmp_path / "run"
+    args = ["--data", str(data), "-e", "1", "-b", "2", "--width", "4", "--out", str(run), "--no-plan", "--quiet"]
+    assert main(["train", *args]) == 0
+    assert main(["doctor", "--data", str(data)]) == 0
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", "-m", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--json", str(scores)]) == 0
+    report = json.loads(scores.read_text())
+    expected = {"coco": 3, "voc": 1, "cityscapes": 1}[fmt]  # VOC and Cityscapes: their validation split
+    assert report["images"] == expected
+    names = [c["name"] for c in report["classes"]]
+    assert {"coco": "nucleus", "voc": "person", "cityscapes": "car"}[fmt] in names

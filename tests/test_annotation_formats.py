@@ -194,7 +194,7 @@ def test_voc_palette_indices_void_and_split(tmp_path):
 
 
 def make_cityscapes(root: Path) -> Path:
-    """One training and one validation image; label ids road (7), car (26), building (11), unlabeled (0), bridge (15)."""
+    """A training and a validation image; label ids road (7), car (26), building (11), unlabeled (0), bridge (15)."""
     for split, city, seed in (("train", "aachen", 0), ("val", "frankfurt", 1)):
         stem = f"{city}_000000_000019"
         _image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed)
@@ -244,9 +244,39 @@ def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
     assert main(["train", *args]) == 0
     assert main(["doctor", "--data", str(data)]) == 0
     scores = tmp_path / "scores.json"
-    assert main(["evaluate", "-m", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--json", str(scores)]) == 0
+    assert (
+        main(["evaluate", "-m", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--json", str(scores)]) == 0
+    )
     report = json.loads(scores.read_text())
     expected = {"coco": 3, "voc": 1, "cityscapes": 1}[fmt]  # VOC and Cityscapes: their validation split
     assert report["images"] == expected
     names = [c["name"] for c in report["classes"]]
     assert {"coco": "nucleus", "voc": "person", "cityscapes": "car"}[fmt] in names
+
+
+def test_convert_to_folder_and_back_to_coco(tmp_path, capsys):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    source = make_coco(tmp_path / "coco", mask_utils)
+    folder, back = tmp_path / "folder", tmp_path / "back"
+    assert main(["convert", "--data", str(source), "-o", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["classes.yaml", "imgs", "masks"]
+    assert not any(p.is_symlink() for p in (folder / "imgs").iterdir())  # copies: the folder stands alone
+    for stem, image_id in (("a", 1), ("b", 2), ("c", 5)):
+        assert np.array_equal(_mask(folder, stem), expected_coco(source, image_id))
+    assert main(["convert", "--data", str(folder), "-o", str(back), "--format", "coco"]) == 0
+    again = resolve(str(back / "annotations.json"), None, None, None)
+    for stem in "abc":  # the round trip keeps every pixel, the ignored ones (crowd) too
+        assert np.array_equal(_mask(again.folders["train"], stem), _mask(folder, stem))
+    capsys.readouterr()
+    assert main(["convert", "--data", str(source), "-o", str(folder)]) == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", "--data", str(source), "-o", str(folder), "--overwrite"]) == 0
+    assert main(["convert", "--data", str(folder), "-o", str(tmp_path / "x")]) == 2
+    assert "already a folder of images and masks" in capsys.readouterr().err
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc")
+    assert main(["convert", "--data", str(root), "-o", str(root), "--overwrite"]) == 2
+    assert "holds the dataset being converted" in capsys.readouterr().err
+    assert (root / "VOC2012" / "JPEGImages").is_dir()

@@ -41,7 +41,7 @@ def find_coco_files(root: Path) -> list[tuple[Path, str]]:
 
 
 def split_of(path: Path) -> str:
-    """"val" for names such as instances_val2017.json or valid/_annotations.coco.json, "test", else "train"."""
+    """ "val" for names such as instances_val2017.json or valid/_annotations.coco.json, "test", else "train"."""
     words = f"{path.parent.name} {path.stem}".lower().replace("-", "_").split("_")
     text = " ".join(words)
     if "test" in text:
@@ -181,8 +181,12 @@ def _to_rle(path: Path, ann: dict, height: int, width: int, source: Source, mask
         if len(good) < len(polygons):
             source.warnings.append(f"{where}: a polygon with fewer than 3 points was skipped")
         coords = np.array([c for p in good for c in p], dtype=float)
-        if coords.size and (coords[0::2].min() < 0 or coords[1::2].min() < 0 or coords[0::2].max() > width
-                            or coords[1::2].max() > height):
+        if coords.size and (
+            coords[0::2].min() < 0
+            or coords[1::2].min() < 0
+            or coords[0::2].max() > width
+            or coords[1::2].max() > height
+        ):
             source.warnings.append(f"{where}: polygon coordinates outside the {width}x{height} image were clipped")
         if not good:
             return None

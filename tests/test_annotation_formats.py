@@ -233,12 +233,13 @@ def test_generated_masks_are_reused_and_rebuilt_after_an_edit(tmp_path):
     assert (_mask(edited.folders["val"], "frankfurt_000000_000019") == 13).all()  # car everywhere
 
 
-@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes"])
+@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes", "labelme", "yolo"])
 def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
     if fmt == "coco":
         data = make_coco(tmp_path / "coco", pytest.importorskip("pycocotools.mask"))
     else:
-        data = make_voc(tmp_path / "voc") if fmt == "voc" else make_cityscapes(tmp_path / "cs")
+        makers = {"voc": make_voc, "cityscapes": make_cityscapes, "labelme": make_labelme, "yolo": make_yolo}
+        data = makers[fmt](tmp_path / fmt)
     run = tmp_path / "run"
     args = ["--data", str(data), "-e", "1", "-b", "2", "--width", "4", "--out", str(run), "--no-plan", "--quiet"]
     assert main(["train", *args]) == 0
@@ -248,10 +249,12 @@ def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
         main(["evaluate", "-m", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--json", str(scores)]) == 0
     )
     report = json.loads(scores.read_text())
-    expected = {"coco": 3, "voc": 1, "cityscapes": 1}[fmt]  # VOC and Cityscapes: their validation split
+    expected = {"coco": 3, "voc": 1, "cityscapes": 1, "labelme": 3, "yolo": 1}[
+        fmt
+    ]  # VOC and Cityscapes: their validation split
     assert report["images"] == expected
     names = [c["name"] for c in report["classes"]]
-    assert {"coco": "nucleus", "voc": "person", "cityscapes": "car"}[fmt] in names
+    assert {"coco": "nucleus", "voc": "person", "cityscapes": "car", "labelme": "dog", "yolo": "dog"}[fmt] in names
 
 
 def test_convert_to_folder_and_back_to_coco(tmp_path, capsys):
@@ -280,3 +283,75 @@ def test_convert_refuses_to_write_over_its_source(tmp_path, capsys):
     assert main(["convert", "--data", str(root), "-o", str(root), "--overwrite"]) == 2
     assert "holds the dataset being converted" in capsys.readouterr().err
     assert (root / "VOC2012" / "JPEGImages").is_dir()
+
+
+def make_labelme(root: Path) -> Path:
+    """a.json: a polygon, a rectangle, a circle, a 10-pixel line over it and a point; b.json embeds its image."""
+    import base64
+    import io
+
+    root.mkdir(parents=True)
+    shapes = [
+        {"label": "cat", "points": [[4, 4], [12, 4], [12, 12], [4, 12]], "shape_type": "polygon", "group_id": None},
+        {"label": "dog", "points": [[28, 10], [20, 2]], "shape_type": "rectangle", "group_id": None},
+        {"label": "cat", "points": [[24, 24], [24, 28]], "shape_type": "circle", "group_id": 1},
+        {"label": "cat", "points": [[16, 16], [18, 16], [18, 18]], "shape_type": "polygon", "group_id": 1},
+        {"label": "dog", "points": [[0, 27], [31, 27]], "shape_type": "line", "group_id": None},
+        {"label": "dog", "points": [[2, 2]], "shape_type": "point", "group_id": None},
+    ]
+    for i, stem in enumerate("ac"):
+        _image(root / f"{stem}.png", i)
+        doc = {"shapes": shapes, "imagePath": f"{stem}.png", "imageData": None, "imageHeight": SIZE, "imageWidth": SIZE}
+        (root / f"{stem}.json").write_text(json.dumps(doc))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((SIZE, SIZE, 3), 90, dtype=np.uint8)).save(buffer, format="PNG")
+    embedded = {
+        "shapes": shapes[:1],
+        "imagePath": "gone.png",
+        "imageData": base64.b64encode(buffer.getvalue()).decode(),
+    }
+    (root / "b.json").write_text(json.dumps(embedded))
+    return root
+
+
+def test_labelme_shapes(tmp_path):
+    generated = resolve(str(make_labelme(tmp_path / "lm")), None, None, None)
+    assert generated.format == "LabelMe"
+    folder = generated.folders["train"]
+    mask = _mask(folder, "a")  # background 0, cat 1, dog 2 (sorted labels)
+    assert (mask[:20, :16] == 1).sum() == 81  # the polygon's 9x9 pixels, edges included as LabelMe draws them
+    assert (mask[:20, 16:] == 2).sum() == 81  # the rectangle, its corners given in any order
+    assert mask[24, 24] == 2 and mask[20, 24] == 1  # the circle, under the later 10-pixel line (rows 23-32)
+    assert (mask[23:, :] == 2).all() and (mask[:23, :] != 2).sum() == SIZE * 23 - 81
+    assert mask[2, 2] == 0  # the point marks no area
+    assert generated.objects == {"cat": 2 + 2 + 1, "dog": 2 + 2}  # a, c, b; in a and c the circle and the small
+    # polygon share group 1: one object each
+    assert any("point shapes" in n for n in generated.notes)
+    embedded = np.array(Image.open(folder / "imgs" / "b.png"))
+    assert (embedded == 90).all() and (_mask(folder, "b") == 1).sum() == 81
+
+
+def make_yolo(root: Path) -> Path:
+    """data.yaml with two names; a cat square in training, a dog triangle over it in validation."""
+    square = "0.125 0.125 0.375 0.125 0.375 0.375 0.125 0.375"  # pixels 4..12
+    for split, stems in (("train", ["t1", "t2", "t3"]), ("val", ["v1"])):
+        for i, stem in enumerate(stems):
+            _image(root / "images" / split / f"{stem}.jpg", i)
+            label = root / "labels" / split / f"{stem}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text(f"0 {square}\n1 0.25 0.25 0.75 0.25 0.75 0.75\n" if stem != "t3" else "")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cat\n  1: dog\n")
+    return root
+
+
+def test_yolo_polygons_names_and_split(tmp_path):
+    root = make_yolo(tmp_path / "yolo")
+    generated = resolve(str(root / "data.yaml"), None, None, None)
+    assert generated.format == "YOLO segmentation" and sorted(generated.folders) == ["train", "val"]
+    mask = _mask(generated.folders["val"], "val__v1")
+    assert (mask == 1).sum() == 81 - (mask[8:13, 8:13] == 2).sum()  # the dog triangle (later) on top
+    assert mask[10, 20] == 2 and mask[5, 5] == 1 and mask[30, 30] == 0
+    assert not _mask(generated.folders["train"], "train__t3").any()  # an empty label file: all background
+    assert "name: dog" in (generated.folders["train"] / "classes.yaml").read_text()
+    (root / "labels" / "train" / "t1.txt").write_text("5 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    assert any("line 1 has class 5" in p for p in resolve(str(root), None, None, None).problems)

@@ -1,4 +1,4 @@
-"""Annotation formats read directly from ``--data``: COCO, Pascal VOC, CVAT segmentation masks, Cityscapes.
+"""Annotation formats read from ``--data``: COCO, Pascal VOC, CVAT segmentation masks, Cityscapes, LabelMe, YOLO.
 
 :func:`resolve` recognises what ``--data`` points at; an annotation source is rasterised once into plain folder
 datasets in the cache folder (:mod:`.build`), which the folder code then reads like any other. Plain folders of
@@ -13,8 +13,10 @@ from unetseg.data.folder import IMAGE_DIR_NAMES, MASK_DIR_NAMES
 from unetseg.data.formats.build import Generated, generate
 from unetseg.data.formats.cityscapes import cityscapes_root, read_cityscapes
 from unetseg.data.formats.coco import find_coco_files, read_coco
+from unetseg.data.formats.labelme import labelme_files, read_labelme
 from unetseg.data.formats.source import Source
 from unetseg.data.formats.voc import read_voc, voc_root
+from unetseg.data.formats.yolo import read_yolo, yolo_root
 from unetseg.data.index import cache_home
 from unetseg.data.io import IMAGE_SUFFIXES
 from unetseg.errors import UserError
@@ -28,9 +30,12 @@ def read_source(data: str | None, images: str | None, masks: str | None, option:
         return None
     path = Path(data)
     if path.is_file():
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return read_yolo(path.parent, path)
         if path.suffix.lower() != ".json":
             raise UserError(
-                f"{option} {path}: a file, but not a COCO .json; pass a dataset folder or a COCO instances file"
+                f"{option} {path}: a file, but not a COCO .json or a YOLO data.yaml; pass a dataset folder or one "
+                "of these"
             )
         return read_coco([(path, "train")], Path(images) if images else None, path)
     if not path.is_dir():
@@ -41,12 +46,16 @@ def read_source(data: str | None, images: str | None, masks: str | None, option:
     root = cityscapes_root(path)
     if root is not None:
         return read_cityscapes(root, path)
+    root = yolo_root(path)
+    if root is not None:
+        return read_yolo(root, path)
     if _plain(path):
         return None
     files = find_coco_files(path)
     if files:
         return read_coco(files, Path(images) if images else None, path)
-    return None
+    files = labelme_files(path)
+    return read_labelme(path, files) if files else None
 
 
 def _plain(root: Path) -> bool:

@@ -233,12 +233,13 @@ def test_generated_masks_are_reused_and_rebuilt_after_an_edit(tmp_path):
     assert (_mask(edited.folders["val"], "frankfurt_000000_000019") == 13).all()  # car everywhere
 
 
-@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes", "labelme", "yolo"])
+@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes", "labelme", "yolo", "cvat"])
 def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
     if fmt == "coco":
         data = make_coco(tmp_path / "coco", pytest.importorskip("pycocotools.mask"))
     else:
         makers = {"voc": make_voc, "cityscapes": make_cityscapes, "labelme": make_labelme, "yolo": make_yolo}
+        makers["cvat"] = make_cvat
         data = makers[fmt](tmp_path / fmt)
     run = tmp_path / "run"
     args = ["--data", str(data), "-e", "1", "-b", "2", "--width", "4", "--out", str(run), "--no-plan", "--quiet"]
@@ -249,12 +250,10 @@ def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
         main(["evaluate", "-m", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--json", str(scores)]) == 0
     )
     report = json.loads(scores.read_text())
-    expected = {"coco": 3, "voc": 1, "cityscapes": 1, "labelme": 3, "yolo": 1}[
-        fmt
-    ]  # VOC and Cityscapes: their validation split
-    assert report["images"] == expected
+    # formats with a validation split (VOC, Cityscapes, YOLO) are scored on it; the others on every image
+    assert report["images"] == {"coco": 3, "voc": 1, "cityscapes": 1, "labelme": 3, "yolo": 1, "cvat": 2}[fmt]
     names = [c["name"] for c in report["classes"]]
-    assert {"coco": "nucleus", "voc": "person", "cityscapes": "car", "labelme": "dog", "yolo": "dog"}[fmt] in names
+    assert {"coco": "nucleus", "voc": "person", "cityscapes": "car"}.get(fmt, "dog") in names
 
 
 def test_convert_to_folder_and_back_to_coco(tmp_path, capsys):
@@ -355,3 +354,58 @@ def test_yolo_polygons_names_and_split(tmp_path):
     assert "name: dog" in (generated.folders["train"] / "classes.yaml").read_text()
     (root / "labels" / "train" / "t1.txt").write_text("5 0.1 0.1 0.2 0.1 0.2 0.2\n")
     assert any("line 1 has class 5" in p for p in resolve(str(root), None, None, None).problems)
+
+
+def make_cvat(root: Path) -> Path:
+    """annotations.xml: a box under a polygon of higher z_order, a mask RLE, a polyline and points."""
+    for i, name in enumerate(("a.png", "b.png")):
+        _image(root / "images" / name, i)
+    rle = "1, 2, 2, 2, 2, 2, 1"  # a 3x4 box: 0 1 1 0 / 0 1 1 0 / 0 1 1 0 (starting with one zero)
+    (root / "annotations.xml").write_text(f"""<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><labels>
+    <label><name>cat</name><color>#ff0000</color></label>
+    <label><name>dog</name><color>#00ff00</color></label>
+  </labels></task></meta>
+  <image id="0" name="a.png" width="{SIZE}" height="{SIZE}">
+    <polygon label="dog" occluded="1" points="8,8;16,8;16,16;8,16" z_order="1"/>
+    <box label="cat" occluded="0" xtl="4" ytl="4" xbr="12" ybr="12" z_order="0"/>
+    <mask label="dog" occluded="0" rle="{rle}" left="20" top="20" width="4" height="3" z_order="0"/>
+    <points label="cat" points="1,1" z_order="0"/>
+  </image>
+  <image id="1" name="b.png" width="{SIZE}" height="{SIZE}">
+    <polyline label="cat" points="0,27;31,27" z_order="0"/>
+  </image>
+</annotations>
+""")
+    return root
+
+
+def test_cvat_shapes_z_order_and_mask_rle(tmp_path):
+    generated = resolve(str(make_cvat(tmp_path / "cvat")), None, None, None)
+    assert generated.format == "CVAT for images 1.1"
+    a, b = (_mask(generated.folders["train"], s) for s in "ab")
+    assert (a == 1).sum() == 81 - 25  # the box (9x9), less the corner the polygon of higher z_order covers
+    assert (a[:19, :19] == 2).sum() == 81 and a[10, 10] == 2  # the polygon, drawn on top though listed first
+    assert (a[19:, 19:] == 2).sum() == 6 and a[20, 20] == 0 and a[20, 21] == 2  # the mask's run lengths
+    assert (b[23:, :] == 1).all() and not b[:23].any()  # a polyline 10 pixels wide
+    assert generated.objects == {"cat": 2, "dog": 2}
+    assert any("occluded" in n for n in generated.notes) and any("points" in n for n in generated.notes)
+
+
+def test_cvat_segmentation_mask_export_uses_labelmap_colours(tmp_path):
+    base = tmp_path / "cvat-masks"
+    _image(base / "JPEGImages" / "x.jpg", 0)
+    (base / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64,128::\n")
+    mask = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    mask[:10] = (128, 64, 128)
+    (base / "SegmentationClass").mkdir()
+    Image.fromarray(mask).save(base / "SegmentationClass" / "x.png")
+    generated = resolve(str(base), None, None, None)
+    assert generated.format == "CVAT Segmentation mask 1.1"
+    drawn = _mask(generated.folders["train"], "x")
+    assert (drawn == 1).sum() == 10 * SIZE and (drawn == 0).sum() == 22 * SIZE
+    mask[0, 0] = (1, 2, 3)
+    Image.fromarray(mask).save(base / "SegmentationClass" / "x.png")
+    assert any("#010203" in p for p in resolve(str(base), None, None, None).problems)

@@ -59,7 +59,7 @@ class SourceConfig(Checked):
     )
 
     def check_together(self) -> None:
-        coco = bool(self.data and self.images and not self.masks)  # --data annotations.json --images DIR
+        coco = bool(self.data and self.images and not self.masks)  # --data annotations.json (or .xml) --images DIR
         if self.data and (self.images or self.masks) and not coco:
             raise UserError("--data and --images/--masks name the same thing: pass --data DIR, or --images and --masks")
         if bool(self.images) != bool(self.masks) and not coco:

@@ -13,6 +13,7 @@ from unetseg.data.folder import IMAGE_DIR_NAMES, MASK_DIR_NAMES
 from unetseg.data.formats.build import Generated, generate
 from unetseg.data.formats.cityscapes import cityscapes_root, read_cityscapes
 from unetseg.data.formats.coco import find_coco_files, read_coco
+from unetseg.data.formats.cvat import is_cvat, read_cvat
 from unetseg.data.formats.labelme import labelme_files, read_labelme
 from unetseg.data.formats.source import Source
 from unetseg.data.formats.voc import read_voc, voc_root
@@ -32,10 +33,12 @@ def read_source(data: str | None, images: str | None, masks: str | None, option:
     if path.is_file():
         if path.suffix.lower() in (".yaml", ".yml"):
             return read_yolo(path.parent, path)
+        if path.suffix.lower() == ".xml" and is_cvat(path):
+            return read_cvat(path, Path(images) if images else None, path)
         if path.suffix.lower() != ".json":
             raise UserError(
-                f"{option} {path}: a file, but not a COCO .json or a YOLO data.yaml; pass a dataset folder or one "
-                "of these"
+                f"{option} {path}: a file, but not a COCO .json, a CVAT .xml or a YOLO data.yaml; pass a dataset "
+                "folder or one of these"
             )
         return read_coco([(path, "train")], Path(images) if images else None, path)
     if not path.is_dir():
@@ -49,6 +52,8 @@ def read_source(data: str | None, images: str | None, masks: str | None, option:
     root = yolo_root(path)
     if root is not None:
         return read_yolo(root, path)
+    if (path / "annotations.xml").is_file() and is_cvat(path / "annotations.xml"):
+        return read_cvat(path / "annotations.xml", Path(images) if images else None, path)
     if _plain(path):
         return None
     files = find_coco_files(path)

@@ -45,7 +45,7 @@ def read_source(data: str | None, images: str | None, masks: str | None, option:
         return None  # the folder code says what is wrong with the path
     root = voc_root(path)
     if root is not None:
-        return read_voc(root, path)
+        return read_voc(root, path, Path(images) if images else None)
     root = cityscapes_root(path)
     if root is not None:
         return read_cityscapes(root, path)

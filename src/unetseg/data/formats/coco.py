@@ -153,6 +153,7 @@ def _drawer(path: Path, entry: dict, categories: dict, source: Source, masks):
     if height <= 0 or width <= 0:
         source.problems.append(f"{path}: image id {image.get('id')} has no width and height; add them")
         return lambda: None
+    # checked now (every problem at once); converted to RLE only when drawn: a cached dataset never pays for it
     rles = [(ann, _to_rle(path, ann, height, width, source, masks)) for ann in anns]
 
     def draw() -> np.ndarray:
@@ -161,7 +162,7 @@ def _drawer(path: Path, entry: dict, categories: dict, source: Source, masks):
         for ann, rle in rles:
             if rle is None:
                 continue
-            region = masks.decode(rle)
+            region = masks.decode(rle())
             if ann.get("iscrowd"):
                 crowd |= region.astype(bool)
             else:
@@ -173,7 +174,7 @@ def _drawer(path: Path, entry: dict, categories: dict, source: Source, masks):
 
 
 def _to_rle(path: Path, ann: dict, height: int, width: int, source: Source, masks):
-    """The annotation as one RLE (as ``COCO.annToRLE``), or None with a warning or problem when it has none."""
+    """A function giving the annotation as one RLE (as ``COCO.annToRLE``), or None with a warning or problem."""
     seg, where = ann.get("segmentation"), f"{path}: annotation {ann.get('id')}"
     if isinstance(seg, list):
         polygons = [p for p in seg if isinstance(p, list)]
@@ -190,7 +191,7 @@ def _to_rle(path: Path, ann: dict, height: int, width: int, source: Source, mask
             source.warnings.append(f"{where}: polygon coordinates outside the {width}x{height} image were clipped")
         if not good:
             return None
-        return masks.merge(masks.frPyObjects(good, height, width))
+        return lambda: masks.merge(masks.frPyObjects(good, height, width))
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if list(seg["size"]) != [height, width]:
             source.problems.append(
@@ -198,9 +199,9 @@ def _to_rle(path: Path, ann: dict, height: int, width: int, source: Source, mask
             )
             return None
         if isinstance(seg["counts"], list):
-            return masks.frPyObjects(seg, height, width)
+            return lambda: masks.frPyObjects(seg, height, width)
         counts = seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]
-        return {"size": seg["size"], "counts": counts}
+        return lambda: {"size": seg["size"], "counts": counts}
     source.warnings.append(f"{where}: no segmentation (neither polygons nor RLE); skipped")
     return None
 

@@ -104,7 +104,7 @@ def _load(path: Path) -> dict:
 
 def _image(path: Path, data: dict, source: Source) -> tuple[Path | bytes | None, str]:
     """The image next to the JSON (``imagePath``), else the embedded ``imageData``."""
-    name = str(data.get("imagePath") or "")
+    name = str(data.get("imagePath") or "").replace("\\", "/")  # LabelMe on Windows writes ..\\images\\a.jpg
     suffix = Path(name).suffix.lower() or ".png"
     candidate = (path.parent / name) if name else None
     if candidate is not None and candidate.is_file() and candidate.suffix.lower() in IMAGE_SUFFIXES:

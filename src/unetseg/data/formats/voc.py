@@ -27,7 +27,15 @@ VOC_NAMES = [
 def voc_root(folder: Path) -> Path | None:
     """The folder holding JPEGImages/ and SegmentationClass/ (the one given, or VOCdevkit/VOC20xx inside it)."""
     candidates = [folder, *sorted(folder.glob("VOC*")), *sorted(folder.glob("VOCdevkit/VOC*"))]
-    return next((c for c in candidates if (c / "JPEGImages").is_dir() and (c / "SegmentationClass").is_dir()), None)
+    # CVAT's export without images has no JPEGImages/: the images then come from --images
+    return next(
+        (
+            c
+            for c in candidates
+            if (c / "SegmentationClass").is_dir() and ((c / "JPEGImages").is_dir() or (c / "labelmap.txt").is_file())
+        ),
+        None,
+    )
 
 
 def voc_palette(count: int = 256) -> list[list[int]]:
@@ -62,7 +70,7 @@ def read_labelmap(path: Path) -> tuple[list[str], list[list[int]]]:
     return names, colors
 
 
-def read_voc(root: Path, origin: Path) -> Source:
+def read_voc(root: Path, origin: Path, image_dir: Path | None = None) -> Source:
     """A VOC-layout source; masks are read (and checked) when drawn."""
     labelmap = root / "labelmap.txt"
     if labelmap.is_file():
@@ -72,7 +80,10 @@ def read_voc(root: Path, origin: Path) -> Source:
         names, colors, fmt = list(VOC_NAMES), voc_palette(len(VOC_NAMES)), "Pascal VOC"
     source = Source(fmt, origin, names, [], [], colors=list(colors), score="all")
     masks = sorted(p for p in (root / "SegmentationClass").iterdir() if p.suffix.lower() == ".png")
-    images = {p.stem: p for p in sorted((root / "JPEGImages").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    image_dir = image_dir or root / "JPEGImages"
+    if not image_dir.is_dir():
+        raise UserError(f"--data {origin}: masks but no JPEGImages/ folder; pass the images with --images DIR")
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     split = _splits(root, source)
     source.files = [*masks, *(root / "ImageSets" / "Segmentation" / f"{s}.txt" for s in ("train", "val")), labelmap]
     by_mask = {m.stem: m for m in masks}
@@ -85,7 +96,7 @@ def read_voc(root: Path, origin: Path) -> Source:
             continue  # VOC ships masks of the test set's neighbours; only listed ids are used
         image = images.get(mask.stem)
         if image is None:
-            source.problems.append(f"{mask}: no image JPEGImages/{mask.stem}.jpg for this mask; add it or remove it")
+            source.problems.append(f"{mask}: no image {mask.stem}.* in {image_dir} for this mask; add it or remove it")
             continue
         part = split.get(mask.stem)
         which = "val" if part is not None and part.stem == "val" else "train"

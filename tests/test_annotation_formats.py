@@ -427,3 +427,39 @@ def test_coco_train_and_val_files_split_and_images_elsewhere(tmp_path, capsys):
     # --data FILE --images DIR on the command line, images in a folder of their own
     assert main(["doctor", "--data", str(path), "--images", str(tmp_path / "coco" / "images")]) == 0
     assert "3 pairs ready" in capsys.readouterr().out
+
+
+def test_cvat_rotated_box_and_ellipse_labelme_mask_coco_without_sizes(tmp_path):
+    import base64
+    import io
+
+    root = make_cvat(tmp_path / "cvat")
+    text = (root / "annotations.xml").read_text()
+    extra = (
+        '<box label="cat" xtl="4" ytl="24" xbr="12" ybr="28" rotation="90" z_order="5"/>'
+        '<ellipse label="cat" cx="26" cy="6" rx="2" ry="3" z_order="5"/>'
+    )
+    (root / "annotations.xml").write_text(text.replace('<polyline label="cat"', extra + '<polyline label="cat"'))
+    b = _mask(resolve(str(root), None, None, None).folders["train"], "b")
+    # the box turned upright: x 6..10, y 22..30 (row 22 is above the polyline of rows 23..31)
+    assert b[22, 6:11].tolist() == [1] * 5 and b[22, 5] == 0 and b[22, 11] == 0 and b[21, 8] == 0
+    assert b[6, 26] == 1 and b[2, 26] == 0 and (b[:12, 20:] == 1).sum() > 12  # the ellipse
+
+    lm = make_labelme(tmp_path / "lm")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((2, 3), 255, dtype=np.uint8)).save(buffer, format="PNG")
+    shape = {"label": "dog", "points": [[10, 10], [12, 11]], "shape_type": "mask"}
+    doc = json.loads((lm / "b.json").read_text())
+    doc["shapes"] = [shape | {"mask": base64.b64encode(buffer.getvalue()).decode()}]
+    (lm / "b.json").write_text(json.dumps(doc))
+    mask = _mask(resolve(str(lm), None, None, None).folders["train"], "b")
+    assert (mask == 2).sum() == 6 and (mask[10:12, 10:13] == 2).all()
+
+    coco = make_coco(tmp_path / "coco", pytest.importorskip("pycocotools.mask"))
+    data = json.loads(coco.read_text())
+    for image in data["images"]:
+        del image["width"], image["height"]  # read from the image files instead
+    coco.write_text(json.dumps(data))
+    generated = resolve(str(coco), None, None, None)
+    assert not generated.problems
+    assert (_mask(generated.folders["train"], "a") == 2).sum() == 100 - 16

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from unetseg.data.formats.source import IGNORE, Item, Source, paint, safe_stem, unused_classes
 from unetseg.errors import UserError
@@ -149,10 +150,14 @@ def _read_file(path, data, split, folders, categories, source, counts, masks) ->
 
 def _drawer(path: Path, entry: dict, categories: dict, source: Source, masks):
     image, anns = entry["image"], entry["anns"]
-    height, width = int(image.get("height", 0)), int(image.get("width", 0))
-    if height <= 0 or width <= 0:
-        source.problems.append(f"{path}: image id {image.get('id')} has no width and height; add them")
-        return lambda: None
+    height, width = int(image.get("height") or 0), int(image.get("width") or 0)
+    if height <= 0 or width <= 0:  # some exporters leave them out: the image file knows
+        try:
+            with Image.open(entry["file"]) as opened:
+                width, height = opened.size
+        except OSError as err:
+            source.problems.append(f"{path}: image id {image.get('id')}: no width and height, and {err}")
+            return lambda: None
     # checked now (every problem at once); converted to RLE only when drawn: a cached dataset never pays for it
     rles = [(ann, _to_rle(path, ann, height, width, source, masks)) for ann in anns]
 

@@ -2,9 +2,10 @@
 
 Classes: the task's (or project's) ``<labels>`` in order, after background (a label named ``background`` is class
 0). Shapes are drawn with Pillow in ``z_order``, file order among equal ``z_order``, later on top: ``polygon``,
-``box`` (xtl..xbr, ytl..ybr), ``polyline`` (``LINE_WIDTH`` pixels wide, as LabelMe's lines) and ``mask`` (CVAT's
-row-major run lengths inside its ``left``/``top``/``width``/``height`` box, starting with a run of zeros);
-``points`` mark no area and are skipped with a note; ``occluded`` shapes are drawn like the others (counted).
+``box`` (xtl..xbr, ytl..ybr, turned by its ``rotation``), ``ellipse``, ``polyline`` (``LINE_WIDTH`` pixels wide, as
+LabelMe's lines) and ``mask`` (CVAT's row-major run lengths inside its ``left``/``top``/``width``/``height`` box,
+starting with a run of zeros); ``points`` mark no area and are skipped with a note; ``occluded`` shapes are drawn
+like the others (counted).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from unetseg.data.formats.labelme import LINE_WIDTH
 from unetseg.data.formats.source import Item, Source, safe_stem, unused_classes
 from unetseg.errors import UserError
 
-SHAPES = ("polygon", "box", "polyline", "mask")
+SHAPES = ("polygon", "box", "polyline", "mask", "ellipse")
 
 
 def is_cvat(path: Path) -> bool:
@@ -90,7 +91,14 @@ def _drawer(size: tuple[int, int], shapes: list):
         for _, _, value, kind, attrs in shapes:
             if kind == "box":
                 box = [float(attrs[k]) for k in ("xtl", "ytl", "xbr", "ybr")]
-                pen.rectangle(box, outline=value, fill=value)
+                angle = float(attrs.get("rotation", 0) or 0)
+                if angle:
+                    pen.polygon(_rotated(box, angle), outline=value, fill=value)
+                else:
+                    pen.rectangle(box, outline=value, fill=value)
+            elif kind == "ellipse":
+                cx, cy, rx, ry = (float(attrs[k]) for k in ("cx", "cy", "rx", "ry"))
+                pen.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=value, fill=value)
             elif kind == "polygon":
                 pen.polygon(_points(attrs["points"]), outline=value, fill=value)
             elif kind == "polyline":
@@ -113,3 +121,13 @@ def _paste_mask(canvas: Image.Image, attrs: dict, value: int) -> None:
     region = array[top : top + height, left : left + width]
     region[flat.reshape(height, width)[: region.shape[0], : region.shape[1]]] = value
     canvas.paste(Image.fromarray(array))
+
+
+def _rotated(box: list[float], degrees: float) -> list[tuple[float, float]]:
+    """The corners of a CVAT box turned by ``rotation`` degrees (clockwise on screen) about its centre."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    turn = np.deg2rad(degrees)
+    cos, sin = float(np.cos(turn)), float(np.sin(turn))
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return [(cx + (x - cx) * cos - (y - cy) * sin, cy + (x - cx) * sin + (y - cy) * cos) for x, y in corners]

@@ -1,7 +1,8 @@
 """LabelMe: one JSON file per image (``shapes`` of polygons, rectangles, circles, lines), next to the image.
 
 Shapes are drawn as LabelMe's own ``shape_to_mask`` draws them (Pillow), in file order, later on top: polygon,
-rectangle (two corners), circle (centre and a point on the rim), line and linestrip ``LINE_WIDTH`` pixels wide;
+rectangle (two corners), circle (centre and a point on the rim), line and linestrip ``LINE_WIDTH`` pixels wide,
+mask (a base64 PNG whose top-left corner is the first point);
 points mark no area and are skipped with a note. Classes: ``labels.txt`` (LabelMe's labelme2voc convention:
 ``__ignore__`` -> 255, ``_background_`` -> 0, then one class per line) when present, else background plus the
 labels found, sorted. Shapes sharing a ``group_id`` and label count as one object.
@@ -71,10 +72,12 @@ def read_labelme(folder: Path, files: list[Path]) -> Source:
                 source.problems.append(f"{path}: shape {number} has label {label!r}, which labels.txt does not list")
             elif kind == "point":
                 points += 1
+            elif kind == "mask" and isinstance(shape.get("mask"), str) and _enough_points(shape, "rectangle"):
+                shapes.append((index[label], kind, [tuple(map(float, p)) for p in shape["points"]], shape["mask"]))
             elif kind not in ("polygon", "rectangle", "circle", "line", "linestrip"):
                 source.warnings.append(f"{path}: shape {number} is a {kind}, which has no area here; skipped")
             elif _enough_points(shape, kind):
-                shapes.append((index[label], kind, [tuple(map(float, p)) for p in shape["points"]]))
+                shapes.append((index[label], kind, [tuple(map(float, p)) for p in shape["points"]], None))
             else:
                 source.warnings.append(f"{path}: shape {number} ({kind}) has too few points; skipped")
         groups = {
@@ -136,8 +139,10 @@ def _drawer(size: tuple[int, int], shapes: list):
     def draw() -> np.ndarray:
         canvas = Image.new("L", (size[1], size[0]), 0)
         pen = ImageDraw.Draw(canvas)
-        for value, kind, xy in shapes:  # later shapes on top
-            if kind == "rectangle":
+        for value, kind, xy, encoded in shapes:  # later shapes on top
+            if kind == "mask":  # LabelMe 5.3+: a base64 PNG of the box between the two points
+                _paste(canvas, xy, encoded, value)
+            elif kind == "rectangle":
                 (x0, y0), (x1, y1) = xy[:2]
                 pen.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=value, fill=value)
             elif kind == "circle":
@@ -151,3 +156,16 @@ def _drawer(size: tuple[int, int], shapes: list):
         return np.array(canvas)
 
     return draw
+
+
+def _paste(canvas: Image.Image, xy: list, encoded: str, value: int) -> None:
+    """A LabelMe mask shape: its boolean PNG placed with its top-left corner at the first point."""
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as opened:
+        region = np.array(opened.convert("L")) > 0
+    x0, y0 = (round(min(p[i] for p in xy[:2])) for i in (0, 1))
+    array = np.array(canvas)
+    target = array[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]]
+    target[region[: target.shape[0], : target.shape[1]]] = value
+    canvas.paste(Image.fromarray(array))

@@ -75,11 +75,9 @@ def check_folder(
     annotation source (COCO, VOC, Cityscapes...) is first rasterised into folders; ``split`` picks which one
     (the training one when the source has no such split).
     """
-    generated = resolve(data, images, masks, cache_dir, option)
+    generated = _annotations(data, images, masks, cache_dir, option, split)
     if generated is not None:
         data, images, masks = str(generated.folders.get(split, generated.folders["train"])), None, None
-        if generated.problems and not any((Path(data) / "imgs").iterdir()):
-            raise DataError(generated.problems)
     image_dir, mask_dir = find_folders(data, images, masks, option)
     root = Path(data) if data else image_dir.parent
     pairs, notes, problems, unmatched = match_files(image_dir, mask_dir)
@@ -124,6 +122,18 @@ def check_folder(
         check.notes += generated.notes
     _folder_findings(check)
     return check
+
+
+def _annotations(
+    data: str | None, images: str | None, masks: str | None, cache_dir: str | None, option: str, split: str
+) -> Generated | None:
+    """The folders drawn from an annotation source (None for a plain folder); its problems raise at once when
+    they left no image in the folder of ``split``."""
+    generated = resolve(data, images, masks, cache_dir, option)
+    folder = None if generated is None else generated.folders.get(split, generated.folders["train"])
+    if folder is not None and generated.problems and not any((folder / "imgs").iterdir()):
+        raise DataError(generated.problems)
+    return generated
 
 
 def _size_problem(pair: Pair, image: FileInfo, mask: FileInfo, resize_to_mask: bool) -> str | None:

@@ -10,6 +10,7 @@ import traceback
 
 from unetseg.config import (
     PLAN_SKIP,
+    ConvertConfig,
     DoctorConfig,
     EvaluateConfig,
     ExportConfig,
@@ -71,6 +72,11 @@ SUBCOMMANDS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "predict": (PredictConfig, (), "masks for image files, folders or globs"),
     "export": (ExportConfig, (), "an ONNX or TorchScript model that takes raw pixels, with its class map"),
     "doctor": (DoctorConfig, (), "check a dataset before training: what is wrong and how to fix it"),
+    "convert": (
+        ConvertConfig,
+        ("val_data", "scale", "channels", "classes"),
+        "write an annotation source (COCO, VOC, Cityscapes...) as a plain folder dataset, or a dataset as COCO",
+    ),
 }
 
 
@@ -163,6 +169,13 @@ def doctor_command(values: dict) -> int:
     return run_doctor(build(DoctorConfig, values))
 
 
+def convert_command(values: dict) -> int:
+    from unetseg.data.formats.convert import convert
+
+    convert(build(ConvertConfig, values))
+    return 0
+
+
 COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
@@ -170,6 +183,7 @@ COMMANDS = {
     "export": export_command,
     "plan": plan_command,
     "doctor": doctor_command,
+    "convert": convert_command,
 }
 
 

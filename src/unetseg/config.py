@@ -38,6 +38,7 @@ __all__ = [
     "PLAN_USES",
     "DataConfig",
     "DatasetConfig",
+    "ConvertConfig",
     "DoctorConfig",
     "EvaluateConfig",
     "ExportConfig",
@@ -105,6 +106,20 @@ class DoctorConfig(DatasetConfig):
     workers: int | None = option(
         None, "threads that read the files", group="hardware", **WORKERS, shown="twice the CPU cores, at most 8"
     )
+
+
+@dataclass
+class ConvertConfig(DatasetConfig):
+    """``unetseg convert``: an annotation source into a plain folder dataset, or a dataset into COCO JSON."""
+
+    out: str = option("", "folder to write", "-o", group="output", required="the folder to write (-o DIR)")
+    format: str = option(
+        "folder",
+        "what to write: folder (imgs/, masks/, classes.yaml) or coco (images/, annotations.json with RLE masks)",
+        choices=("folder", "coco"),
+        group="output",
+    )
+    overwrite: bool = option(False, "replace an existing, non-empty output folder", group="output")
 
 
 # Lossless types that hold masks; JPEG and WebP would change mask values.

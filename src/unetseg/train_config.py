@@ -59,9 +59,10 @@ class SourceConfig(Checked):
     )
 
     def check_together(self) -> None:
-        if self.data and (self.images or self.masks):
+        coco = bool(self.data and self.images and not self.masks)  # --data annotations.json (or .xml) --images DIR
+        if self.data and (self.images or self.masks) and not coco:
             raise UserError("--data and --images/--masks name the same thing: pass --data DIR, or --images and --masks")
-        if bool(self.images) != bool(self.masks):
+        if bool(self.images) != bool(self.masks) and not coco:
             raise UserError("--images and --masks go together: pass both folders, or --data DIR instead")
 
 

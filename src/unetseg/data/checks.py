@@ -14,6 +14,7 @@ import numpy as np
 from unetseg.data.classfile import find_classes_file, load_classes_file
 from unetseg.data.classmap import IGNORE_INDEX, ClassMap, discover, mask_palette
 from unetseg.data.folder import Pair, find_folders, is_lossy, lossy_masks, match_files
+from unetseg.data.formats import Generated, resolve
 from unetseg.data.index import FileInfo, ScanResult, cache_home, cache_lock, open_index, scan_files
 from unetseg.errors import DataError, UserError
 
@@ -37,6 +38,7 @@ class FolderCheck:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    generated: Generated | None = None  # the annotation source these folders were rasterised from
 
 
 @dataclass
@@ -65,11 +67,17 @@ def check_folder(
     cache_dir: str | None = None,
     workers: int | None = None,
     option: str = "--data",
+    split: str = "train",
 ) -> FolderCheck:
     """Find, pair and read one dataset folder (through the index when ``cache``), collecting every problem.
 
-    ``option`` is the command-line option that named ``data`` (``--data``, ``--val-data``): errors name it.
+    ``option`` is the command-line option that named ``data`` (``--data``, ``--val-data``): errors name it. An
+    annotation source (COCO, VOC, Cityscapes...) is first rasterised into folders; ``split`` picks which one
+    (the training one when the source has no such split).
     """
+    generated = _annotations(data, images, masks, cache_dir, option, split)
+    if generated is not None:
+        data, images, masks = str(generated.folders.get(split, generated.folders["train"])), None, None
     image_dir, mask_dir = find_folders(data, images, masks, option)
     root = Path(data) if data else image_dir.parent
     pairs, notes, problems, unmatched = match_files(image_dir, mask_dir)
@@ -106,9 +114,26 @@ def check_folder(
         len(read_problems),
         problems,
         notes=notes,
+        generated=generated,
     )
+    if generated is not None:
+        check.problems += generated.problems
+        check.warnings += generated.warnings
+        check.notes += generated.notes
     _folder_findings(check)
     return check
+
+
+def _annotations(
+    data: str | None, images: str | None, masks: str | None, cache_dir: str | None, option: str, split: str
+) -> Generated | None:
+    """The folders drawn from an annotation source (None for a plain folder); its problems raise at once when
+    they left no image in the folder of ``split``."""
+    generated = resolve(data, images, masks, cache_dir, option)
+    folder = None if generated is None else generated.folders.get(split, generated.folders["train"])
+    if folder is not None and generated.problems and not any((folder / "imgs").iterdir()):
+        raise DataError(generated.problems)
+    return generated
 
 
 def _size_problem(pair: Pair, image: FileInfo, mask: FileInfo, resize_to_mask: bool) -> str | None:
@@ -162,6 +187,8 @@ def inspect_dataset(
     folders = [check_folder(data, images, masks, **options)]
     if val_data:
         folders.append(check_folder(val_data, None, None, **options, option="--val-data"))
+    elif folders[0].generated is not None and "val" in folders[0].generated.folders:  # the format's own split
+        folders.append(check_folder(str(folders[0].generated.folders["val"]), None, None, **options))
     problems = [p for f in folders for p in f.problems]
     warnings = [w for f in folders for w in f.warnings]
     notes = [n for f in folders for n in f.notes]

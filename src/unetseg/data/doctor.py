@@ -12,6 +12,7 @@ from collections import Counter
 
 from unetseg.config import DoctorConfig
 from unetseg.data.checks import Inspection, class_table, inspect_dataset
+from unetseg.data.formats import Generated
 from unetseg.data.index import FileInfo
 
 SHOWN = 6  # rows per histogram
@@ -42,7 +43,7 @@ def render(report: Inspection, cfg: DoctorConfig) -> list[str]:
     for folder in report.folders:
         images = list(folder.images.values())
         lines += [
-            f"dataset   {folder.root}",
+            f"dataset   {folder.generated.origin if folder.generated else folder.root}",
             f"  files     {folder.listed[0]} images in {folder.image_dir}, {folder.listed[1]} masks in "
             f"{folder.mask_dir}; {len(folder.pairs)} pairs ready, {folder.unreadable} files unreadable",
             f"  sizes     {_histogram(Counter(f'{i.shape[1]}x{i.shape[0]}' for i in images))}",
@@ -50,6 +51,7 @@ def render(report: Inspection, cfg: DoctorConfig) -> list[str]:
             f"  formats   {_histogram(Counter(i.kind for i in images))}",
             f"  masks     {_histogram(Counter(_encoding(m) for m in folder.masks.values()))}",
         ]
+        lines += _format(folder.generated) if folder.generated and folder is report.folders[0] else []
         lines += [f"  note      {n}" for n in folder.notes]
     lines += _classes(report)
     lines += [f"problem   {p}" for p in report.problems]
@@ -61,6 +63,16 @@ def render(report: Inspection, cfg: DoctorConfig) -> list[str]:
         extra = f" ({len(report.warnings)} warning(s))" if report.warnings else ""
         lines.append(f"verdict   ready to train{extra}")
     lines.append(f"suggested {suggest(report, cfg)}")
+    return lines
+
+
+def _format(generated: Generated) -> list[str]:
+    """The annotation format recognised, its splits, and the objects drawn per class."""
+    splits = ", ".join(f"{s} in {p}" for s, p in generated.folders.items())
+    lines = [f"  format    {generated.format} (from {generated.origin}); masks drawn into {splits}"]
+    if generated.objects is not None:
+        counts = ", ".join(f"{name} {n}" for name, n in generated.objects.items())
+        lines.append(f"  objects   {counts or 'none'}")
     return lines
 
 

@@ -109,7 +109,7 @@ def prepare(
     channels = channels or default_channels(scan.channels)
     notes = report.notes + report.warnings + channel_notes(scan.channels, channels)
     samples = decoded_samples(report.folders[0], class_map, channels, scale, resize_to_mask, workers)
-    if val_data:
+    if len(report.folders) > 1:  # --val-data, or the validation split of an annotation format
         train = samples
         val = decoded_samples(report.folders[1], class_map, channels, scale, resize_to_mask, workers)
     else:
@@ -121,7 +121,8 @@ def prepare(
         train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     if not train:
         raise UserError("no training images left after the validation split; lower -v/--validation")
-    root = str(report.folders[0].root)
+    first = report.folders[0]
+    root = str(first.generated.origin if first.generated else first.root)
     return Dataset(train, val, class_map, compute_norm(train), channels, root, notes)
 
 
@@ -136,8 +137,11 @@ def evaluation_samples(
     cache: bool = True,
     cache_dir: str | None = None,
 ) -> tuple[list[Sample], str]:
-    """Samples to score a trained model on, with its class map: every unknown mask value reported at once."""
-    check = check_folder(data, images, masks, resize_to_mask, cache, cache_dir)
+    """Samples to score a trained model on, with its class map: every unknown mask value reported at once.
+
+    An annotation format with a validation split (VOC val.txt, Cityscapes val/) is scored on that split.
+    """
+    check = check_folder(data, images, masks, resize_to_mask, cache, cache_dir, split="val")
     problems = check.problems + unknown_values(check.scan, class_map)
     if problems:
         raise DataError(problems, hint=doctor_hint(data))
@@ -145,7 +149,8 @@ def evaluation_samples(
     if scale != 1.0:  # score at the images' own size, as predict writes masks: the model's input alone is scaled
         full = decoded_samples(check, class_map, channels, 1.0, resize_to_mask)
         samples = [dataclasses.replace(s, mask=f.mask, class_counts=f.class_counts) for s, f in zip(samples, full)]
-    return samples, str(check.root)
+    root = check.generated.origin if check.generated else check.root
+    return samples, str(root)
 
 
 def class_frequencies(samples: list[Sample], num_classes: int) -> np.ndarray:

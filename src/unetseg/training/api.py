@@ -75,8 +75,10 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
     plan = cfg.plan and resume is None
     if cfg.nproc and not launched:
         from unetseg.data.folder import find_folders
+        from unetseg.data.formats import read_source
 
-        find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one clear message, before any process starts
+        if read_source(cfg.data, cfg.images, cfg.masks) is None:  # annotation formats are checked when read
+            find_folders(cfg.data, cfg.images, cfg.masks)  # a missing folder: one message, before any process starts
         if cfg.val_data:
             find_folders(cfg.val_data, None, None, "--val-data")
         if plan:  # planned once here, so that every process trains with the same settings

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from unetseg.core.meta import check_model_name
 from unetseg.errors import UserError
 from unetseg.options import (
     BIG,
@@ -133,10 +134,28 @@ class TrainConfig(DataConfig):
         group="run",
     )
     model: str = option(
-        "unet", "model architecture (the registered models are listed when a name is unknown)", group="model"
+        "unet",
+        "model architecture: unet (the classic U-Net, Pytorch-UNet's layers), resunet (residual encoder after "
+        "nnU-Net's ResEnc), unet-resnet18, unet-resnet34, unet-resnet50 (U-Net decoder on a ResNet encoder, as "
+        "smp's Unet; ImageNet weights with --encoder-weights)",
+        group="model",
+        check=lambda name, value: check_model_name(value),
+    )
+    encoder_weights: str = option(
+        "none",
+        "initial weights of a unet-resnet* encoder: none (random), imagenet (torchvision's, downloaded once into "
+        "torch's hub cache), or a local .pth file in torchvision or timm key layout; pretrained weights switch "
+        "the input normalisation to ImageNet's mean and std",
+        group="model",
     )
     width: int = option(
-        64, "channels of the first U-Net level (64 as in Pytorch-UNet)", group="model", low=1, high=512, planned=True
+        64,
+        "channels of the first U-Net level (64 as in Pytorch-UNet); for unet-resnet* the decoder's stride-4 "
+        "level (64: smp's decoder)",
+        group="model",
+        low=1,
+        high=512,
+        planned=True,
     )
     bilinear: bool = option(False, "bilinear up-sampling instead of transposed convolutions", group="model")
     patch_size: int | None = option(

@@ -407,3 +407,14 @@ def test_folds_make_an_ensemble_of_the_model(tmp_path):
         )
         == 0
     )
+
+
+def test_help_and_an_unknown_name_list_the_registry(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in TRAINABLE:
+        assert f"{name} (" in text
+    data = make_dataset(tmp_path / "data", count=4)
+    assert main(["train", "--data", str(data), "--model", "resnet34", "--out", str(tmp_path / "r")]) == 2
+    assert f"unknown --model 'resnet34'; known models: {', '.join(TRAINABLE)}" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from unetseg.core.meta import check_model_name
+from unetseg.core.meta import MODEL_HELP, check_model_name
 from unetseg.errors import UserError
 from unetseg.options import (
     BIG,
@@ -135,9 +135,7 @@ class TrainConfig(DataConfig):
     )
     model: str = option(
         "unet",
-        "model architecture: unet (the classic U-Net, Pytorch-UNet's layers), resunet (residual encoder after "
-        "nnU-Net's ResEnc), unet-resnet18, unet-resnet34, unet-resnet50 (U-Net decoder on a ResNet encoder, as "
-        "smp's Unet; ImageNet weights with --encoder-weights)",
+        "model architecture: " + "; ".join(f"{name} ({text})" for name, text in MODEL_HELP.items()),
         group="model",
         check=lambda name, value: check_model_name(value),
     )
@@ -149,13 +147,7 @@ class TrainConfig(DataConfig):
         group="model",
     )
     width: int = option(
-        64,
-        "channels of the first U-Net level (64 as in Pytorch-UNet); for unet-resnet* the decoder's stride-4 "
-        "level (64: smp's decoder)",
-        group="model",
-        low=1,
-        high=512,
-        planned=True,
+        64, "channels of the first U-Net level (64 as in Pytorch-UNet)", group="model", low=1, high=512, planned=True
     )
     bilinear: bool = option(False, "bilinear up-sampling instead of transposed convolutions", group="model")
     patch_size: int | None = option(

@@ -71,6 +71,15 @@ MODEL_FIELDS: dict[str, dict] = {
     "unet-resnet34": _RESNET,
     "unet-resnet50": _RESNET,
 }
+# What --help says of each trainable model (from the registry's names, in its order).
+MODEL_HELP = {
+    "unet": "the classic U-Net with Pytorch-UNet's layers",
+    "resunet": "residual encoder and plain decoder after nnU-Net's ResEnc",
+    "unet-resnet18": "U-Net decoder on a ResNet-18 encoder, as smp's Unet",
+    "unet-resnet34": "the same on ResNet-34",
+    "unet-resnet50": "the same on ResNet-50; for these three --width is the decoder's stride-4 level (64: smp's "
+    "decoder) and --encoder-weights loads ImageNet weights",
+}
 MAX_BLOCKS = 16  # residual blocks per stage (nnU-Net ResEnc XL has 6 per stage in 2-D)
 
 

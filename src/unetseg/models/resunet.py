@@ -23,17 +23,19 @@ def default_blocks(depth: int) -> list[int]:
 
 
 class ResBlock(nn.Module):
-    """conv-BN-ReLU, conv-BN, plus the input (a strided 1x1 conv + BN where the shape changes), then ReLU."""
+    """conv-BN-ReLU, conv-BN, plus the input, then ReLU. Where the shape changes the input goes through 2x2
+    average pooling and a 1x1 conv + BN (nnU-Net's ``BasicBlockD``, "ResNet-D"): no pixel is skipped, as a
+    strided 1x1 convolution would. ``ceil_mode`` pools odd sizes to ceil(H / 2), as the strided 3x3 conv does."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = conv_bn_relu(cin, cout, stride)
         self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = (
-            nn.Identity()
-            if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-        )
+        if stride == 1 and cin == cout:
+            self.skip = nn.Identity()
+        else:
+            pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+            self.skip = nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ def build_model(
                 "use --model unet-resnet18, unet-resnet34 or unet-resnet50, or drop --encoder-weights"
             )
         if not resumed:
-            pretrained = load_encoder_weights(model, cfg.encoder_weights)
+            with distributed.main_first(info):  # one process downloads into torch's cache, the others read it
+                pretrained = load_encoder_weights(model, cfg.encoder_weights)
     if cfg.load:
         load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
     if cfg.sync_bn and info.enabled:

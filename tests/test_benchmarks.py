@@ -47,3 +47,15 @@ def test_generalization_benchmark_smoke(tmp_path):
     (row,) = json.loads(rows.read_text())
     assert 0 <= row["naive"] <= 1 and 0 <= row["unetseg"] <= 1 and row["naive_epochs"] >= 1
     assert set(row["iou"]) == {"0", "1", "2"} and abs(sum(row["share"].values()) - 1) < 1e-9
+
+
+def test_models_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_models.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| unet", "| resunet", "| unet-resnet18"]

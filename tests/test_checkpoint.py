@@ -307,7 +307,7 @@ def test_train_offers_only_trainable_models(tmp_path, capsys):
     for model, needle in [("ensemble", "the ensemble is inference-only"), ("resnet", "unknown --model 'resnet'")]:
         args = ["train", "--data", str(data), "--model", model, "-e", "1", "--out", str(tmp_path / model)]
         exits_2_with(args, needle, capsys)
-    with pytest.raises(UserError, match="known models: unet$"):
+    with pytest.raises(UserError, match="known models: unet, resunet, unet-resnet18, unet-resnet34, unet-resnet50$"):
         create_model("resnet", trainable=True, n_channels=1, n_classes=2)
     with pytest.raises(UserError, match="--model unet: model.width is 100000"):
         create_model("unet", trainable=True, n_channels=1, n_classes=2, width=100000)

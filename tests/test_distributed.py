@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,6 +19,7 @@ from unetseg.cli import main
 from unetseg.core.distributed import DistInfo
 from unetseg.data.samples import Sample
 from unetseg.evaluation.scoring import evaluate
+from unetseg.models import create_model
 from unetseg.models.unet import UNet
 
 COMMON = [
@@ -33,13 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("model", ["unet", "resunet"])
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, model):
     """2 processes x batch 2 = one process x batch 2 x 2 accumulated batches: same samples per step, and BatchNorm
     sees the same 2-image batches (SyncBatchNorm needs CUDA), so the weights must agree up to float rounding.
     SGD keeps rounding differences at their size (Adam's normalised steps would magnify them near zero gradients)."""
-    data = make_dataset(tmp_path / "d", count=18, size=(32, 32))
+    # resunet's 5 strided stages leave 1 x 1 maps of 32 x 32 images, where BatchNorm over 2 values magnifies rounding
+    side = 64 if model == "resunet" else 32
+    data = make_dataset(tmp_path / "d", count=18, size=(side, side))
     single = tmp_path / "single"
-    assert main(["train", "--data", str(data), "-b", "2", "--accumulate", "2", "--out", str(single), *COMMON]) == 0
+    code = main(
+        ["train", "--data", str(data), "-b", "2", "--accumulate", "2", "--out", str(single), *COMMON, "--model", model]
+    )
+    assert code == 0
     double = tmp_path / "double"
     command = [
         sys.executable,
@@ -58,6 +66,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         "--out",
         str(double),
         *COMMON,
+        *("--model", model),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
@@ -66,9 +75,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)["train_state"]
     b = torch.load(double / "checkpoints" / "last.pt", weights_only=True)["train_state"]
     assert a["state"]["step"] == b["state"]["step"] == 8  # 16 training images / global batch 4, 2 epochs
-    params = dict(
-        UNet(1, 2, width=4).named_parameters()
-    )  # BatchNorm running stats differ by design: DDP keeps rank 0's
+    # BatchNorm running stats differ by design: DDP keeps rank 0's
+    params = dict(create_model(model, n_channels=1, n_classes=2, width=4).named_parameters())
     for key in params:
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5, rtol=1e-4), key
     assert len(list((double / "checkpoints").iterdir())) == 2  # only rank 0 wrote: last.pt and best.pt

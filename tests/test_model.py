@@ -79,5 +79,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(UserError, match="known models: ensemble, unet"):
+    with pytest.raises(
+        UserError, match="known models: ensemble, resunet, unet, unet-resnet18, unet-resnet34, unet-resnet50$"
+    ):
         create_model("resnet")

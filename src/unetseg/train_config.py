@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from unetseg.core.meta import MODEL_HELP, check_model_name
 from unetseg.errors import UserError
 from unetseg.options import (
     BIG,
@@ -143,7 +144,17 @@ class TrainConfig(DataConfig):
         **SCALE,
     )
     model: str = option(
-        "unet", "model architecture (the registered models are listed when a name is unknown)", group="model"
+        "unet",
+        "model architecture: " + "; ".join(f"{name} ({text})" for name, text in MODEL_HELP.items()),
+        group="model",
+        check=lambda name, value: check_model_name(value),
+    )
+    encoder_weights: str = option(
+        "none",
+        "initial weights of a unet-resnet* encoder: none (random), imagenet (torchvision's, downloaded once into "
+        "torch's hub cache), or a local .pth file in torchvision or timm key layout; pretrained weights switch "
+        "the input normalisation to ImageNet's mean and std",
+        group="model",
     )
     width: int = option(
         64, "channels of the first U-Net level (64 as in Pytorch-UNet)", group="model", low=1, high=512, planned=True

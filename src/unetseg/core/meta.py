@@ -14,7 +14,6 @@ from unetseg.errors import UserError
 # Ranges of the U-Net's hyperparameters. Width 256 is already a ~500M-parameter model (the paper's is 64);
 # anything wider is a damaged file, and checking first avoids allocating it before the weights are compared.
 UNET_LIMITS = {"n_channels": (1, 64), "n_classes": (1, 255), "width": (1, 256)}
-UNET_FIELDS = ("n_channels", "n_classes", "bilinear", "width")
 MAX_MASK_VALUE = 65535  # masks are 8- or 16-bit images
 MAX_SCALE = 16.0  # as -s/--scale
 
@@ -60,35 +59,89 @@ def as_list(value: object, where: object, field: str, length: int | None = None)
     return list(value)
 
 
-def check_unet_spec(spec: dict, where: object = "model", hint: str = DAMAGED) -> dict:
-    """The U-Net's constructor arguments, checked for type and range before anything is allocated."""
-    unknown = sorted(set(spec) - set(UNET_FIELDS) - {"name", "checkpointing"})
+# Every model's constructor arguments: an integer range, "bool", or "blocks" (a list of block counts, one per
+# stage). The first two are required. Widths above 256 and depths above 8 are damaged files, refused before
+# anything is allocated.
+_IO = {"n_channels": UNET_LIMITS["n_channels"], "n_classes": UNET_LIMITS["n_classes"]}
+_RESNET = _IO | {"width": UNET_LIMITS["width"], "checkpointing": "bool"}
+MODEL_FIELDS: dict[str, dict] = {
+    "unet": _IO | {"bilinear": "bool", "width": UNET_LIMITS["width"], "checkpointing": "bool"},
+    "resunet": _IO | {"width": UNET_LIMITS["width"], "depth": (2, 8), "blocks": "blocks", "checkpointing": "bool"},
+    "unet-resnet18": _RESNET,
+    "unet-resnet34": _RESNET,
+    "unet-resnet50": _RESNET,
+}
+# What --help says of each trainable model (from the registry's names, in its order).
+MODEL_HELP = {
+    "unet": "the classic U-Net with Pytorch-UNet's layers",
+    "resunet": "residual encoder and plain decoder after nnU-Net's ResEnc",
+    "unet-resnet18": "U-Net decoder on a ResNet-18 encoder, as smp's Unet",
+    "unet-resnet34": "the same on ResNet-34",
+    "unet-resnet50": "the same on ResNet-50; for these three --width is the decoder's stride-4 level (64: smp's "
+    "decoder) and --encoder-weights loads ImageNet weights",
+}
+MAX_BLOCKS = 16  # residual blocks per stage (nnU-Net ResEnc XL has 6 per stage in 2-D)
+
+
+def check_model_name(name: str) -> None:
+    """``train --model``: a registered trainable model; the message lists them."""
+    if name == "ensemble":
+        raise UserError(
+            "--model ensemble: the ensemble is inference-only (train --folds K builds one from K trained models); "
+            f"models that can be trained: {', '.join(MODEL_FIELDS)}"
+        )
+    if name not in MODEL_FIELDS:
+        raise UserError(f"unknown --model '{name}'; known models: {', '.join(MODEL_FIELDS)}")
+
+
+def check_spec(name: str, spec: dict, where: object = "model", hint: str = DAMAGED) -> dict:
+    """A registered model's constructor arguments, checked for type and range before anything is allocated."""
+    fields = MODEL_FIELDS[name]
+    unknown = sorted(set(spec) - set(fields) - {"name"})
     if unknown:
-        raise damaged(where, "model", f"has unknown fields {unknown}; a U-Net has {', '.join(UNET_FIELDS)}", hint)
+        shown = ", ".join(f for f in fields if f != "checkpointing")
+        what = "a U-Net" if name == "unet" else f"a {name}"
+        raise damaged(where, "model", f"has unknown fields {unknown}; {what} has {shown}", hint)
     missing = [k for k in ("n_channels", "n_classes") if k not in spec]
     if missing:
         raise damaged(where, "model", f"lacks {', '.join(missing)}", hint)
-    checked = {k: as_int(spec[k], where, f"model.{k}", *UNET_LIMITS[k], hint) for k in UNET_LIMITS if k in spec}
-    for flag in ("bilinear", "checkpointing"):
-        if flag in spec and not isinstance(spec[flag], bool):
-            raise damaged(where, f"model.{flag}", f"must be true or false, not {_show(spec[flag])}", hint)
+    checked = {}
+    for key, kind in fields.items():
+        if key not in spec:
+            continue
+        value = spec[key]
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise damaged(where, f"model.{key}", f"must be true or false, not {_show(value)}", hint)
+        elif kind == "blocks":
+            depth = spec.get("depth", 6)
+            items = as_list(value, where, f"model.{key}", depth if isinstance(depth, int) else None)
+            checked[key] = [as_int(v, where, f"model.{key} entry", 1, MAX_BLOCKS, hint) for v in items]
+        else:
+            checked[key] = as_int(value, where, f"model.{key}", *kind, hint)
     return {k: spec[k] for k in spec if k != "name"} | checked
 
 
+def check_unet_spec(spec: dict, where: object = "model", hint: str = DAMAGED) -> dict:
+    """The U-Net's constructor arguments (see :func:`check_spec`)."""
+    return check_spec("unet", spec, where, hint)
+
+
 def check_model_spec(spec: object, where: object) -> dict:
-    """A checkpoint's ``model`` entry: a U-Net, or an ensemble of U-Nets with one normalisation each."""
+    """A checkpoint's ``model`` entry: a registered model, or an ensemble of them with one normalisation each."""
     spec = as_dict(spec, where, "model")
     name = spec.get("name")
-    if name == "unet":
-        check_unet_spec(spec, where)
+    if name in MODEL_FIELDS:
+        check_spec(name, spec, where)
     elif name == "ensemble":
         members = as_list(spec.get("members"), where, "model.members")
         if not members:
             raise damaged(where, "model.members", "is empty")
         for member in members:
-            if as_dict(member, where, "model.members[]").get("name", "unet") != "unet":
-                raise damaged(where, "model.members[].name", "must be 'unet'")
-            check_unet_spec(member, where)
+            kind = as_dict(member, where, "model.members[]").get("name", "unet")
+            if kind not in MODEL_FIELDS:
+                raise damaged(where, "model.members[].name", f"is {_show(kind)}; known: {', '.join(MODEL_FIELDS)}")
+            check_spec(kind, member, where)
         if len({(m["n_channels"], m["n_classes"]) for m in members}) > 1:
             raise damaged(where, "model.members", "disagree on input channels or classes")
         channels = members[0]["n_channels"]
@@ -96,7 +149,8 @@ def check_model_spec(spec: object, where: object) -> dict:
         for norm in [*norms, spec.get("norm")]:
             check_norm(norm, channels, where, "model.norms")
     else:
-        raise damaged(where, "model.name", f"is {_show(name)}; known models: ensemble, unet")
+        known = ", ".join(sorted([*MODEL_FIELDS, "ensemble"]))
+        raise damaged(where, "model.name", f"is {_show(name)}; known models: {known}")
     return spec
 
 

@@ -1,21 +1,31 @@
-"""Segmentation models, built by name from a small registry."""
+"""Segmentation models, built by name from a small registry; each describes itself with :func:`model_spec`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
-from unetseg.core.meta import DAMAGED, check_model_spec, check_unet_spec
+from unetseg.core.meta import DAMAGED, MODEL_FIELDS, check_model_spec, check_spec
 from unetseg.errors import UserError
 from unetseg.models.ensemble import Ensemble
+from unetseg.models.resunet import ResUNet
 from unetseg.models.unet import UNet
+from unetseg.models.unet_resnet import UNetResNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "ensemble": Ensemble}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "unet": UNet,
+    "resunet": ResUNet,
+    "unet-resnet18": partial(UNetResNet, 18),
+    "unet-resnet34": partial(UNetResNet, 34),
+    "unet-resnet50": partial(UNetResNet, 50),
+    "ensemble": Ensemble,
+}
 # Models `unetseg train --model` can train. The ensemble is inference-only: `train --folds K` assembles it from
-# K trained U-Nets, each with its own normalisation.
-TRAINABLE = ("unet",)
-TRAIN_HINT = "match --width, --classes and the input channels to what a U-Net supports"
+# K trained models, each with its own normalisation.
+TRAINABLE = tuple(MODEL_FIELDS)  # every registered model but the ensemble
+TRAIN_HINT = "match --width, --classes and the input channels to what the model supports"
 
 
 def create_model(name: str, trainable: bool = False, **kwargs: object) -> nn.Module:
@@ -32,10 +42,10 @@ def create_model(name: str, trainable: bool = False, **kwargs: object) -> nn.Mod
             )
         what = "--model" if trainable else "model"
         raise UserError(f"unknown {what} '{name}'; known models: {', '.join(known)}")
-    if name == "unet":
-        check_unet_spec(kwargs, "--model unet" if trainable else "model", TRAIN_HINT if trainable else DAMAGED)
-    else:
+    if name == "ensemble":
         check_model_spec({"name": name, **kwargs}, "model")
+    else:
+        check_spec(name, kwargs, f"--model {name}" if trainable else "model", TRAIN_HINT if trainable else DAMAGED)
     return MODELS[name](**kwargs)
 
 
@@ -43,15 +53,23 @@ def model_spec(model: nn.Module) -> dict:
     """What it takes to rebuild ``model`` with :func:`create_model` (stored in checkpoints)."""
     if isinstance(model, Ensemble):
         return {"name": "ensemble", "members": model.specs, "norms": model.norms, "norm": model.norm}
+    io = {"n_channels": model.n_channels, "n_classes": model.n_classes}
     if isinstance(model, UNet):
-        return {
-            "name": "unet",
-            "n_channels": model.n_channels,
-            "n_classes": model.n_classes,
-            "bilinear": model.bilinear,
-            "width": model.width,
-        }
+        return {"name": "unet", **io, "bilinear": model.bilinear, "width": model.width}
+    if isinstance(model, ResUNet):
+        return {"name": "resunet", **io, "width": model.width, "depth": model.depth, "blocks": list(model.blocks)}
+    if isinstance(model, UNetResNet):
+        return {"name": f"unet-resnet{model.encoder.depth}", **io, "width": model.width}
     raise TypeError(f"no spec for {type(model).__name__}")
 
 
-__all__ = ["MODELS", "TRAINABLE", "Ensemble", "UNet", "create_model", "model_spec"]
+__all__ = [
+    "MODELS",
+    "TRAINABLE",
+    "Ensemble",
+    "ResUNet",
+    "UNet",
+    "UNetResNet",
+    "create_model",
+    "model_spec",
+]

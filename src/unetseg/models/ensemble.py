@@ -1,11 +1,9 @@
-"""An ensemble of U-Nets that averages class probabilities; it returns logits of the mean, like any model."""
+"""An ensemble of models that averages class probabilities; it returns logits of the mean, like any model."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from unetseg.models.unet import UNet
 
 
 class Ensemble(nn.Module):
@@ -17,8 +15,12 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: list[dict], norms: list[dict], norm: dict) -> None:
         super().__init__()
+        from unetseg.models import create_model  # the registry imports this module
+
         self.specs, self.norms, self.norm = members, norms, norm
-        self.members = nn.ModuleList(UNet(**{k: v for k, v in m.items() if k != "name"}) for m in members)
+        self.members = nn.ModuleList(
+            create_model(m.get("name", "unet"), **{k: v for k, v in m.items() if k != "name"}) for m in members
+        )
         mean, std = torch.tensor(norm["mean"]), torch.tensor(norm["std"])
         for i, member_norm in enumerate(norms):
             # x_i = (raw / s_i - m_i) / d_i with raw / s = x * std + mean: one affine per channel and member

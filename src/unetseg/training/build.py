@@ -14,7 +14,8 @@ from unetseg.core import distributed
 from unetseg.core.checkpoint import load_checkpoint, load_weights
 from unetseg.data.prepare import Dataset, class_frequencies
 from unetseg.errors import UserError
-from unetseg.models import create_model
+from unetseg.models import UNetResNet, create_model
+from unetseg.models.weights import load_encoder_weights
 
 
 def patch_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
@@ -38,24 +39,38 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = True  # autotune convolutions: input sizes repeat in training
 
 
-def build_model(cfg: TrainConfig, data: Dataset, device: torch.device, info: distributed.DistInfo) -> nn.Module:
+def build_model(
+    cfg: TrainConfig, data: Dataset, device: torch.device, info: distributed.DistInfo, resumed: bool = False
+) -> tuple[nn.Module, str | None]:
+    """The --model with its initial weights; also what pretrained encoder weights were loaded (None: none).
+
+    A resumed run takes every weight from its checkpoint, so it never fetches encoder weights again.
+    """
     out_channels = 1 if cfg.classes == 1 else data.class_map.num_classes
-    model = create_model(
-        cfg.model,
-        trainable=True,
-        n_channels=data.channels,
-        n_classes=out_channels,
-        bilinear=cfg.bilinear,
-        width=cfg.width,
-        checkpointing=cfg.checkpointing,
-    )
+    options = {"width": cfg.width, "checkpointing": cfg.checkpointing}
+    if cfg.model == "unet":
+        options["bilinear"] = cfg.bilinear
+    elif cfg.bilinear:
+        raise UserError(f"--bilinear: only the unet up-samples bilinearly; drop it for --model {cfg.model}")
+    model = create_model(cfg.model, trainable=True, n_channels=data.channels, n_classes=out_channels, **options)
+    pretrained = None
+    if cfg.encoder_weights != "none":
+        if not isinstance(model, UNetResNet):
+            raise UserError(
+                f"--encoder-weights {cfg.encoder_weights}: the {cfg.model} has no pretrained encoder; "
+                "use --model unet-resnet18, unet-resnet34 or unet-resnet50, or drop --encoder-weights"
+            )
+        if not resumed:
+            with distributed.main_first(info):  # one process downloads into torch's cache, the others read it
+                pretrained = load_encoder_weights(model, cfg.encoder_weights)
     if cfg.load:
         load_weights(model, load_checkpoint(cfg.load)["state_dict"], cfg.load)
     if cfg.sync_bn and info.enabled:
         if device.type != "cuda":
             raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    return model, pretrained
 
 
 def class_weights(option: str, data: Dataset) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.errors import UserError
 from unetseg.evaluation.choice import choose_score, is_better, round_scores
 from unetseg.evaluation.scoring import device_batches, evaluate
+from unetseg.models.resnet import imagenet_norm
 from unetseg.tracking.runlog import RunLog
 from unetseg.training.build import build_model, class_weights, patch_shape, seed_everything
 from unetseg.training.ema import EMA
@@ -75,7 +76,9 @@ def assemble(
         data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
     if resume is not None:
         data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
-    model = build_model(cfg, data, device, info)
+    model, pretrained = build_model(cfg, data, device, info, resumed=resume is not None)
+    if pretrained:  # the encoder learnt on ImageNet-normalised images: feed it the same statistics
+        data.norm = imagenet_norm(data.channels, data.norm["scale"])
     net = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if info.enabled
@@ -101,6 +104,7 @@ def assemble(
     ema = EMA(model, cfg.ema) if cfg.ema else None
     run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
     run.compile_pending = compiled
+    run.pretrained = pretrained
     run.augment = get_spec(cfg.augment, cfg.flips)
     run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
     run.stats = RunningStats(model)

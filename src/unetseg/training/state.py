@@ -106,6 +106,7 @@ class Run:
     augment: AugmentSpec | None = None  # the --augment preset
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
+    pretrained: str | None = None  # the encoder's initial weights, when pretrained (--encoder-weights)
     compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
     budget_s: float | None = None  # --time-budget in seconds (parsed once)

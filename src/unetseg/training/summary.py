@@ -53,8 +53,16 @@ def summary(run: Run) -> None:
         f"{data.channels} channel(s), scale {cfg.scale}",
         f"  classes     {classes}",
         f"  model       {cfg.model} width {cfg.width}{' bilinear' if cfg.bilinear else ''}, "
-        f"{params / 1e6:.2f} M parameters ({size_mb:.1f} MB), {run.model.outc.conv.out_channels} output channel(s)"
+        f"{params / 1e6:.2f} M parameters ({size_mb:.1f} MB), {run.model.n_classes} output channel(s)"
         f"{', activation checkpointing' if cfg.checkpointing else ''}",
+        *(
+            [
+                f"  encoder     pretrained: {run.pretrained}; input normalised with ImageNet's mean "
+                f"{data.norm['mean']} and std {data.norm['std']} (values / {data.norm['scale']:g} first)"
+            ]
+            if run.pretrained
+            else []
+        ),
         f"  device      {run.device} ({hardware}){f', rank 0 of {world}' if world > 1 else ''}, precision "
         f"{str(run.dtype).replace('torch.', '')}{', grad scaler' if run.scaler.is_enabled() else ''}",
         f"  training    {cfg.epochs} epochs x {len(batches)} batches"

@@ -233,7 +233,8 @@ def validate(run: Run) -> dict:
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
     run.val_cost = time.monotonic() - started
     row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
-    return row | {"best": state.best, "improved": improved, "panels": panels}
+    confusion = result["confusion"] if run.dist.is_main else None  # for report.html (not a metrics.csv column)
+    return row | {"best": state.best, "improved": improved, "panels": panels, "confusion": confusion}
 
 
 def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:

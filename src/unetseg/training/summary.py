@@ -108,7 +108,7 @@ def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, har
 def report_round(run: Run, row: dict) -> None:
     """One console line per validation round; the row goes to every logger."""
     improved = row.pop("improved")
-    panels = row.pop("panels", None)
+    panels, confusion = row.pop("panels", None), row.pop("confusion", None)
     names = run.data.class_map.names
     choice = choose_score(run.data.class_map, run.cfg.score)
     shown = names if choice.kind == "all" else names[1:]
@@ -118,7 +118,7 @@ def report_round(run: Run, row: dict) -> None:
         f"val {choice.name} {row[choice.name]:.4f} ({per_class})  lr {row['lr']:.2e}  "
         f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
     )
-    run.log.validation(row["step"], row, run.model, panels, improved, message=line)
+    run.log.validation(row["step"], row, run.model, panels, improved, message=line, confusion=confusion)
 
 
 def report_end(run: Run, reason: str, code: int, best: Path) -> None:

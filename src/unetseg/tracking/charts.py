@@ -1,0 +1,174 @@
+"""Charts of a run and an evaluation, drawn with matplotlib (Agg, no display): learning curves and the confusion
+matrix, as PNG bytes for ``plots/`` and for the self-contained HTML reports.
+
+matplotlib picks tick positions and label precision itself, so three validation points near 0.199 get three
+distinct labels (or one), never "0.199" five times; the learning rate is drawn on a log axis, where warm-up and
+decay are both visible. Figures are built with ``matplotlib.figure.Figure`` (no pyplot state), so the logging
+thread can draw them while training goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from unetseg.core.atomic import write_atomic
+from unetseg.tracking.plots import class_colors, clean_label
+
+DPI = 100
+CHART_SIZE = (5.0, 3.4)  # inches: one chart; the HTML lays them out side by side or stacked, by screen width
+DOTS_UNTIL = 40  # points: a marker per round while rounds are few (each is a validation round)
+LOSS_COLORS = {"train_loss": "#1f77b4", "val_loss": "#ff7f0e"}
+
+
+def column(rows: list[dict], key: str) -> np.ndarray:
+    """One metrics.csv column as floats; empty or missing cells are NaN (a gap in the line)."""
+    values = []
+    for row in rows:
+        try:
+            values.append(float(row.get(key, math.nan)))
+        except (TypeError, ValueError):
+            values.append(math.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+def readable(color: Sequence[int]) -> tuple[float, float, float]:
+    """A class colour as a matplotlib line colour: light ones darkened so they show on white."""
+    light = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    scale = 160 / light if light > 160 else 1.0
+    return tuple(min(1.0, c * scale / 255) for c in color[:3])
+
+
+def png(figure: Figure) -> bytes:
+    """The figure as PNG bytes (no file: the caller writes atomically or embeds them)."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    return buffer.getvalue()
+
+
+def _style(ax: object, title: str) -> None:
+    ax.set_title(clean_label(title), fontsize=11, loc="left")
+    ax.set_xlabel("step")
+    ax.grid(True, color="#e6e6e6", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)  # 0.1990, 0.1995: the values, not "+1.99e-1" and offsets
+
+
+def _line(ax: object, steps: np.ndarray, values: np.ndarray, label: str, color: object) -> bool:
+    """One series, broken at NaN; returns whether it had any finite point."""
+    finite = np.isfinite(steps) & np.isfinite(values)
+    if not finite.any():
+        return False
+    marker = "o" if finite.sum() <= DOTS_UNTIL else None
+    ax.plot(steps, values, label=clean_label(label), color=color, marker=marker, markersize=3.5, linewidth=1.6)
+    return True
+
+
+def _finish(ax: object, drawn: int) -> None:
+    if not drawn:
+        ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="gray")
+    elif drawn > 1:
+        ax.legend(fontsize=8, loc="best", framealpha=0.8)
+
+
+def draw_loss(ax: object, rows: list[dict], class_map: object | None = None, all_classes: bool = False) -> None:
+    """Training loss (and validation loss where metrics.csv has it) against the step."""
+    _style(ax, "loss")
+    steps = column(rows, "step")
+    drawn = sum(
+        _line(ax, steps, column(rows, key), key.replace("_", " "), color) for key, color in LOSS_COLORS.items()
+    )
+    _finish(ax, drawn)
+
+
+def score_names(rows: list[dict], class_map: object | None) -> list[str]:
+    """Class names that have ``dice_<name>`` columns, in class order."""
+    header = rows[0] if rows else {}
+    names = list(getattr(class_map, "names", None) or [k[5:] for k in header if k.startswith("dice_")])
+    return [n for n in names if n not in ("fg", "mean")]
+
+
+def draw_score(ax: object, rows: list[dict], class_map: object | None = None, all_classes: bool = False) -> None:
+    """Validation Dice per class (foreground classes, or every class for mIoU-ranked runs) and their mean."""
+    _style(ax, "validation Dice per class")
+    steps = column(rows, "step")
+    names = score_names(rows, class_map)
+    colors = class_colors(class_map, len(names))
+    shown = list(enumerate(names))[0 if all_classes else 1 :]
+    drawn = sum(_line(ax, steps, column(rows, f"dice_{n}"), n, readable(colors[i % len(colors)])) for i, n in shown)
+    if len(shown) > 1:
+        drawn += _line(ax, steps, column(rows, "dice_mean" if all_classes else "dice_fg"), "mean", "black")
+    _finish(ax, drawn)
+
+
+def draw_lr(ax: object, rows: list[dict], class_map: object | None = None, all_classes: bool = False) -> None:
+    """The learning rate on a log axis (warm-up, then the decay, both readable)."""
+    _style(ax, "learning rate")
+    lr = column(rows, "lr")
+    drawn = _line(ax, column(rows, "step"), np.where(lr > 0, lr, np.nan), "lr", "#d62728")
+    if drawn:
+        ax.set_yscale("log")
+    _finish(ax, drawn)
+
+
+def save_curves(path: str | Path, rows: list[dict], class_map: object | None = None, all_classes: bool = False) -> Path:
+    """Write ``plots/curves.png`` (atomically) from metrics.csv rows: loss, validation Dice per class, lr."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, curves_strip(rows, class_map, all_classes))
+    return path
+
+
+CHARTS = {"loss": draw_loss, "score": draw_score, "lr": draw_lr}
+
+
+def curves(rows: list[dict], class_map: object | None, all_classes: bool = False) -> dict[str, bytes]:
+    """The three learning-curve charts, each as its own PNG: ``loss``, ``score`` and ``lr``."""
+    charts = {}
+    for name, draw in CHARTS.items():
+        figure = Figure(figsize=CHART_SIZE, dpi=DPI, layout="constrained")
+        draw(figure.add_subplot(), rows, class_map, all_classes)
+        charts[name] = png(figure)
+    return charts
+
+
+def curves_strip(rows: list[dict], class_map: object | None, all_classes: bool = False) -> bytes:
+    """The three charts side by side in one PNG (``plots/curves.png``)."""
+    figure = Figure(figsize=(3 * CHART_SIZE[0], CHART_SIZE[1]), dpi=DPI, layout="constrained")
+    for index, draw in enumerate(CHARTS.values()):
+        draw(figure.add_subplot(1, 3, index + 1), rows, class_map, all_classes)
+    return png(figure)
+
+
+def confusion_chart(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> bytes:
+    """The confusion matrix: rows truth, columns prediction, shaded by the share of the true class, with
+    the count and the percentage in each cell; labels are never cut off (the layout makes room for them)."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    k = len(names)
+    side = min(12.0, 2.5 + 0.9 * k)
+    figure = Figure(figsize=(side + 1.2, side), dpi=DPI, layout="constrained")
+    ax = figure.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")  # auto: the layout sees the labels
+    labels = [clean_label(n) for n in names]
+    ax.set_xticks(range(k), labels, rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    ax.set_title("share of each true class", fontsize=11, loc="left")
+    font = max(6, 11 - k // 3)
+    for i in range(k):
+        for j in range(k):
+            ink = "white" if shares[i, j] > 0.5 else "black"
+            text = f"{int(counts[i, j])}\n{100 * shares[i, j]:.1f}%" if totals[i, 0] else "-"
+            ax.text(j, i, text, ha="center", va="center", color=ink, fontsize=font)
+    figure.colorbar(image, ax=ax, shrink=0.8, format=lambda v, _: f"{100 * v:.0f}%")
+    return png(figure)

@@ -82,9 +82,7 @@ def draw_loss(ax: object, rows: list[dict], class_map: object | None = None, all
     """Training loss (and validation loss where metrics.csv has it) against the step."""
     _style(ax, "loss")
     steps = column(rows, "step")
-    drawn = sum(
-        _line(ax, steps, column(rows, key), key.replace("_", " "), color) for key, color in LOSS_COLORS.items()
-    )
+    drawn = sum(_line(ax, steps, column(rows, key), key.replace("_", " "), color) for key, color in LOSS_COLORS.items())
     _finish(ax, drawn)
 
 

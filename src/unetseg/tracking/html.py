@@ -139,7 +139,7 @@ def table(
         mark = ' class="best"' if index == marked else ""
         body.append(f"<tr{mark}>{''.join(cells)}</tr>")
     kind = ' class="sortable"' if sortable else ""
-    return f'<div class=scroll><table{kind}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return f"<div class=scroll><table{kind}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def data_uri(png: bytes) -> str:

@@ -181,8 +181,6 @@ def save_gallery(
     return path
 
 
-
-
 FALSE_POSITIVE = (255, 140, 0)  # orange: predicted as a foreground class that the truth does not have there
 FALSE_NEGATIVE = (0, 150, 255)  # blue: true foreground predicted as background
 

@@ -133,11 +133,8 @@ def run_page(
     all_classes = score == "miou"
     names = charts.score_names(rows, class_map)
     best = best_index(rows, score)
-    if done:
-        status = f"finished: {done.get('reason', '')}"
-    else:
-        status = f"in progress: {len(rows)} validation round(s) so far"
-    summary = f"{status}. "
+    progress = f"in progress: {len(rows)} validation round(s) so far"
+    summary = (f"finished: {done.get('reason', '')}" if done else progress) + ". "
     if best is not None:
         summary += f"Best {score} {fmt(_float(rows[best][score]))} at step {rows[best].get('step')}."
     sections = [
@@ -194,8 +191,8 @@ def evaluation_page(report: dict, panels: Sequence[dict], class_map: object | No
     sections = [
         section("per class", table(class_head, class_rows), "classes"),
         section("means", table(["score", "value"], means, sortable=False), "means"),
-        section("per image (click a header to sort)", table(image_head, image_rows), "images"),
         section("confusion matrix (pixels)", f"<div class=wide>{confusion}</div>", "cm"),
         section(f"worst {len(panels)} image(s)", gallery(captioned, class_map, errors=True), "worst"),
+        section("per image (click a header to sort)", table(image_head, image_rows), "images"),
     ]
     return page("unetseg evaluate", subtitle, sections)

@@ -23,8 +23,7 @@ from tqdm import tqdm
 from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.errors import UserError
 from unetseg.tracking import backends as trackers
-from unetseg.tracking import mlflow_log
-from unetseg.tracking import charts, plots, report_html
+from unetseg.tracking import charts, mlflow_log, plots, report_html
 from unetseg.tracking.html import write_page
 
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
@@ -81,7 +80,8 @@ class RunLog:
 
     def describe(self) -> str:
         """The loggers in use, for the start-up summary, e.g. ``csv, tensorboard, wandb (offline)``."""
-        shown = {"wandb": f"wandb ({trackers.wandb_mode()})", "mlflow": f"mlflow ({mlflow_log.tracking_uri(self.run_dir)})"}
+        shown = {"wandb": f"wandb ({trackers.wandb_mode()})"}
+        shown["mlflow"] = f"mlflow ({mlflow_log.tracking_uri(self.run_dir)})"
         return ", ".join(["csv", *(shown.get(n, n) for n in self.requested)])
 
     @property

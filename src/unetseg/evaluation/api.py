@@ -23,6 +23,7 @@ from unetseg.errors import UserError
 from unetseg.evaluation.boundary import DISTANCES, require_scipy
 from unetseg.evaluation.choice import ScoreChoice, checkpoint_choice
 from unetseg.evaluation.metrics import SCORES, nanmean
+from unetseg.evaluation.panels import predict_panels
 from unetseg.evaluation.report import (
     json_safe,
     print_report,
@@ -31,7 +32,6 @@ from unetseg.evaluation.report import (
     write_confusion_png,
     write_per_image_csv,
 )
-from unetseg.evaluation.panels import predict_panels
 from unetseg.evaluation.scoring import evaluate
 
 

@@ -40,7 +40,7 @@ table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tr.best td{font-weight:600;background:#fff8e1}
-.gallery figure{margin:0 0 18px}
+.gallery figure{margin:0 0 18px;max-width:880px}
 .tiles{display:grid;gap:6px}
 .tiles div{font-size:.8em;color:var(--muted)}
 .tiles img{width:100%;height:auto;image-rendering:pixelated;border:1px solid var(--line)}
@@ -76,6 +76,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
     });
   });
 });
+document.documentElement.setAttribute("data-ready", "1");  // the script ran to its end (tests read it)
 """
 
 

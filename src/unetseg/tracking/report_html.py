@@ -67,7 +67,7 @@ def _settings(start: dict, plan: Sequence[Sequence] | None, done: dict | None) -
         body += "<h3>plan</h3>" + table(["option", "value", "why"], [list(map(str, p)) for p in plan], sortable=False)
     if done:
         ended = [(k.replace("_", " "), v) for k, v in done.items() if not isinstance(v, (dict, list))]
-        body += "<h3>end</h3>" + table(["", ""], ended, sortable=False)
+        body += "<h3>end</h3>" + table(["how the run ended", "value"], ended, sortable=False)
     return body
 
 
@@ -76,7 +76,7 @@ def _data(start: dict) -> str:
     rows = [(c["name"], c["value"], 100 * float(c["share"])) for c in start.get("classes", [])]
     text = f"<p>{escape(str(start.get('data', '')))}: {start.get('train_images', '?')} training, "
     text += f"{start.get('val_images', '?')} validation images, {start.get('channels', '?')} channel(s).</p>"
-    return text + table(["class", "mask value", "share of training pixels %"], rows)
+    return text + table(["class", "mask value", "pixels %"], rows)
 
 
 def _per_class(row: dict, names: Sequence[str]) -> str:

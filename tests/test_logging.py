@@ -182,8 +182,8 @@ def test_log_format_from_a_config_file_is_checked():
 
 def test_unknown_logger_lists_the_known_ones(tmp_path, capsys):
     data = make_dataset(tmp_path / "d", count=4, size=(32, 32))
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--logger", "mlflow"]) == 2
-    assert "known: csv, tensorboard, wandb" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--logger", "neptune"]) == 2
+    assert "known: csv, tensorboard, wandb, mlflow" in capsys.readouterr().err
 
 
 def test_unreachable_wandb_service_does_not_stop_training(tmp_path, capfd, monkeypatch, wandb_env):
@@ -295,7 +295,7 @@ def test_a_failing_plot_is_reported_and_the_log_still_closes(tmp_path, monkeypat
     def broken(*args):
         raise ValueError("bad plot")
 
-    monkeypatch.setattr(charts, "save_curves", broken)
+    monkeypatch.setattr(charts, "curves", broken)
     log = RunLog(tmp_path, quiet=True)
     log.validation(1, {"step": 1, "dice_fg": 0.5}, torch.nn.Linear(1, 1), None, False)
     with pytest.raises(ValueError, match="bad plot"):

@@ -6,6 +6,7 @@ import base64
 import io
 import re
 from html.parser import HTMLParser
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -48,9 +49,14 @@ class Page(HTMLParser):
                 self.external.append(attrs[key])
 
 
-def decode(uri: str) -> Image.Image:
-    assert uri.startswith("data:image/png;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+def decode(uri: str) -> Image.Image | ElementTree.Element:
+    """An embedded PNG as a Pillow image, an embedded SVG as its parsed root element."""
+    kind, data = uri.split(",", 1)
+    raw = base64.b64decode(data)
+    if kind == "data:image/svg+xml;base64":
+        return ElementTree.fromstring(raw)
+    assert kind == "data:image/png;base64", kind
+    return Image.open(io.BytesIO(raw))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +80,9 @@ def test_run_report_is_one_self_contained_page(trained):
     assert {"settings", "data", "curves", "classes", "cm", "gallery", "rounds", "config"} <= set(page.sections)
     assert "finished: finished all epochs" in text and "Best dice_fg" in text
     pictures = [decode(uri) for uri in page.images]
-    assert all(p.format == "PNG" and p.width > 0 for p in pictures)
+    svgs = [p for p in pictures if isinstance(p, ElementTree.Element)]
+    assert len(svgs) == 1 and svgs[0].tag.endswith("svg")  # the confusion matrix
+    assert all(p.format == "PNG" and p.width > 0 for p in pictures if p not in svgs)
     assert page.figures == 3  # the 3 validation images, each a row of image / truth / prediction / overlay
     assert len(pictures) == 3 + 1 + 3 * 4  # loss, score, lr; the confusion matrix; the gallery tiles
     assert "learning_rate:" in text  # the resolved config

@@ -82,7 +82,7 @@ def test_report_loads_without_errors_and_shows_everything(tmp_path, shots, round
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-ready="1"' in dom.stdout  # the sorting script ran to its end: no exception on the way
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr, dom.stderr[-2000:]
-    assert dom.stdout.count('<img src="data:image/png;base64,') == 3 + 1 + 4 * 4  # charts, confusion, tiles
+    assert dom.stdout.count('<img src="data:image/') == 3 + 1 + 4 * 4  # charts, confusion, tiles
     assert dom.stdout.count("<figure>") == 4 and "<table" in dom.stdout
     for screen, (width, height) in SCREENS.items():
         shot = shots / f"report-{rounds}-rounds-{screen}.png"

@@ -143,13 +143,15 @@ def table(
     return f"<div class=scroll><table{kind}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(picture: bytes) -> str:
+    """PNG or SVG bytes as a ``data:`` URI."""
+    kind = "svg+xml" if picture.lstrip()[:5] in (b"<?xml", b"<svg ") else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(picture).decode("ascii")
 
 
-def image(png: bytes, alt: str) -> str:
-    """An embedded PNG."""
-    return f'<img src="{data_uri(png)}" alt="{escape(alt)}">'
+def image(picture: bytes, alt: str) -> str:
+    """An embedded PNG or SVG."""
+    return f'<img src="{data_uri(picture)}" alt="{escape(alt)}">'
 
 
 def encode(picture: object) -> bytes:

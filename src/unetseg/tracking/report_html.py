@@ -9,6 +9,7 @@ worst-k images with false positives and negatives coloured.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from html import escape
@@ -43,6 +44,12 @@ def worst_first(panels: Sequence[dict], first: int = 1) -> list[dict]:
     scored = [(image_dice(p["truth"], p["pred"], first), p) for p in panels]
     scored.sort(key=lambda item: (math.isnan(item[0]), item[0]))
     return [p | {"caption": f"{p['name']}   Dice {fmt(s)}"} for s, p in scored]
+
+
+@functools.lru_cache(maxsize=2)
+def confusion_svg(matrix: tuple, names: tuple) -> bytes:
+    """The best round's confusion chart, drawn again only when the best round changes."""
+    return charts.confusion_chart(matrix, names, "svg")
 
 
 def best_index(rows: list[dict], key: str) -> int | None:
@@ -126,9 +133,11 @@ def run_page(
     panels: Sequence[dict] | None = None,
     plan: Sequence[Sequence] | None = None,
     done: dict | None = None,
+    pictures: dict[str, bytes] | None = None,
 ) -> str:
     """The report of a training run from what the run log holds (metrics.csv rows, the start-up summary, the best
-    round's confusion matrix and gallery, and the end of the run when it has ended)."""
+    round's confusion matrix and gallery, and the end of the run when it has ended). ``pictures``: the learning
+    curves already drawn (``charts.curves``), else drawn here."""
     score = (start.get("score") or {}).get("name") or ("miou" if rows and "miou" in rows[0] else "dice_fg")
     all_classes = score == "miou"
     names = charts.score_names(rows, class_map)
@@ -140,13 +149,14 @@ def run_page(
     sections = [
         section("settings", _settings(start, plan, done), "settings"),
         section("data", _data(start), "data"),
-        section("learning curves", _charts(charts.curves(rows, class_map, all_classes)), "curves"),
+        section("learning curves", _charts(pictures or charts.curves(rows, class_map, all_classes)), "curves"),
     ]
     if best is not None:
         title = f"per class at the best round (step {rows[best].get('step')})"
         sections.append(section(title, _per_class(rows[best], names), "classes"))
     if confusion is not None:
-        chart = image(charts.confusion_chart(confusion, list(names) or getattr(class_map, "names", [])), "confusion")
+        labels = tuple(names or getattr(class_map, "names", []))
+        chart = image(confusion_svg(tuple(map(tuple, confusion)), labels), "confusion")
         sections.append(section("confusion matrix (best round, pixels)", f"<div class=wide>{chart}</div>", "cm"))
     ordered = worst_first(panels or [], 0 if all_classes else 1)
     sections.append(section("validation images, worst first (best round)", gallery(ordered, class_map), "gallery"))
@@ -181,7 +191,7 @@ def evaluation_page(report: dict, panels: Sequence[dict], class_map: object | No
     first = 0 if headline.get("kind") == "all" else 1
     image_head = ["image", *image_keys, *(f"dice {n}" for n in names[first:])]
     image_rows = [[r["image"], *(r[k] for k in image_keys), *r["dice"][first:]] for r in report["per_image"]]
-    confusion = image(charts.confusion_chart(report["confusion"], names), "confusion matrix")
+    confusion = image(charts.confusion_chart(report["confusion"], names, "svg"), "confusion matrix")
     captioned = []
     key = headline.get("name", "dice_fg")
     by_name = {r["image"]: r for r in report["per_image"]}

@@ -198,9 +198,7 @@ class RunLog:
             self.best_confusion = confusion
             self.best_panels = list(panels or [])
         if self.run_dir:
-            rows = self.rows()
-            self._submit(charts.save_curves, self.run_dir / "plots" / "curves.png", rows, self.class_map)
-            self._submit(self.write_report, rows)
+            self._submit(self.write_pictures, self.rows())
             if improved and panels:
                 name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
                 title = f"step {step}: best validation {name} {row.get(name, math.nan):.4f}"
@@ -269,7 +267,16 @@ class RunLog:
         self.columns = list(rows[0])
         self._write_csv()
 
-    def write_report(self, rows: list[dict] | None = None) -> None:
+    def write_pictures(self, rows: list[dict]) -> None:
+        """The learning curves, drawn once: ``plots/curves.png`` and report.html (on the logging thread)."""
+        all_classes = (self.start_fields or {}).get("score", {}).get("name") == "miou"
+        pictures = charts.curves(rows, self.class_map, all_classes)
+        curves = self.run_dir / "plots" / "curves.png"
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(curves, charts.strip(pictures))
+        self.write_report(rows, pictures)
+
+    def write_report(self, rows: list[dict] | None = None, pictures: dict[str, bytes] | None = None) -> None:
         """Write ``report.html`` (atomically) from what the run has recorded so far."""
         if not (self.run_dir and self.start_fields is not None):
             return
@@ -283,6 +290,7 @@ class RunLog:
             self.best_panels,
             self.plan,
             self.done,
+            pictures,
         )
         write_page(self.run_dir / "report.html", text)
 

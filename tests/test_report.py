@@ -86,6 +86,7 @@ def test_run_report_is_one_self_contained_page(trained):
     assert page.figures == 3  # the 3 validation images, each a row of image / truth / prediction / overlay
     assert len(pictures) == 3 + 1 + 3 * 4  # loss, score, lr; the confusion matrix; the gallery tiles
     assert "learning_rate:" in text  # the resolved config
+    assert "<h3>plan</h3>" in text and "given (the plan would choose" in text  # the plan's reasons (width given)
 
 
 def test_run_report_gallery_is_worst_first(trained):

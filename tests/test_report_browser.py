@@ -92,3 +92,17 @@ def test_report_loads_without_errors_and_shows_everything(tmp_path, shots, round
         assert picture.shape[:2] == (height, width)
         assert len(np.unique(picture.reshape(-1, 3)[::7], axis=0)) > 200  # charts and images drawn, not blank
         print(f"screenshot: {shot}")
+
+
+def test_clicking_a_header_sorts_the_table_by_number_with_empty_cells_last(tmp_path):
+    from unetseg.tracking.html import page, table
+
+    rows = [["a", 0.5], ["b", float("nan")], ["c", 10.0], ["d", 2.0]]
+    click = '<script>document.querySelectorAll("th")[1].click();</script>'  # runs after the sorting script
+    text = page("sort", "", [table(["image", "dice"], rows)]).replace("</body>", click + "</body>")
+    path = tmp_path / "sort.html"
+    path.write_text(text)
+    dom = chromium(path, "--dump-dom")
+    assert dom.returncode == 0 and 'aria-sort="ascending"' in dom.stdout, dom.stderr[-2000:]
+    body = dom.stdout[dom.stdout.index("<tbody>") :]
+    assert [body.index(f"<td>{n}</td>") for n in "adcb"] == sorted(body.index(f"<td>{n}</td>") for n in "abcd")

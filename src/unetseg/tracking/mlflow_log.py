@@ -143,7 +143,8 @@ class MlflowLog:
     def validation(self, step: int, row: dict, hists: dict, views: list[dict]) -> None:
         """Every score of the round as ``val/<name>`` (histograms and panels are in report.html)."""
         skip = {"step", "epoch", "train_loss", "lr", "img_s"}
-        self._metrics(step, {f"val/{k}": v for k, v in row.items() if k not in skip} | {"epoch": row.get("epoch")})
+        scores = {f"val/{k.removeprefix('val_')}": v for k, v in row.items() if k not in skip}
+        self._metrics(step, scores | {"epoch": row.get("epoch")})
 
     def close(self) -> None:
         """Upload report.html and best.pt, then end the run."""

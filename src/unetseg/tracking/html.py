@@ -35,7 +35,8 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.6em 0 .5em;border-b
 table{border-collapse:collapse;font-size:.92em;font-variant-numeric:tabular-nums}
 th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:var(--head);position:sticky;top:0}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child,td.t{text-align:left}
+td.t{white-space:normal;min-width:8em;max-width:60em;overflow-wrap:anywhere}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
@@ -132,7 +133,7 @@ def table(
         for value in row:
             number = _number(value)
             if number is None and value != "":
-                cells.append(f"<td>{escape(str(value))}</td>")
+                cells.append(f"<td class=t>{escape(str(value))}</td>")  # text: left, wrapped
             else:
                 sort = "" if number is None or math.isnan(number) else repr(number)
                 text = fmt(value) if isinstance(value, float) else escape(str(value))

@@ -1,1 +1,1 @@
-"""What a run records: the run log and metrics.csv, TensorBoard and W&B backends, plots."""
+"""What a run records: the run log and metrics.csv, report.html, TensorBoard, W&B and MLflow backends, charts and plots."""

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from unetseg.tracking import charts, mlflow_log, plots, report_html
 from unetseg.tracking.html import write_page
 
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+# report.html and curves.png are redrawn after a round only when the last drawing took under this share of the time
+# since it started: frequent short rounds (a small dataset, a fast GPU) skip some refreshes instead of paying more.
+# The final report is always written.
+REPORT_SHARE = 0.05
 
 
 def parse_loggers(loggers: str) -> list[str]:
@@ -72,6 +77,8 @@ class RunLog:
         self.best_confusion: list | None = None
         self.best_panels: list[dict] = []
         self.done: dict | None = None
+        self.drawn_at = -math.inf  # time.monotonic() when the last curves and report were queued
+        self.draw_cost = 0.0  # seconds the last drawing took (on the logging thread)
 
     @property
     def wants_images(self) -> bool:
@@ -197,7 +204,8 @@ class RunLog:
         if improved:
             self.best_confusion = confusion
             self.best_panels = list(panels or [])
-        if self.run_dir:
+        if self.run_dir and time.monotonic() - self.drawn_at >= self.draw_cost / REPORT_SHARE:
+            self.drawn_at = time.monotonic()
             self._submit(self.write_pictures, self.rows())
             if improved and panels:
                 name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
@@ -269,12 +277,14 @@ class RunLog:
 
     def write_pictures(self, rows: list[dict]) -> None:
         """The learning curves, drawn once: ``plots/curves.png`` and report.html (on the logging thread)."""
+        started = time.monotonic()
         all_classes = (self.start_fields or {}).get("score", {}).get("name") == "miou"
         pictures = charts.curves(rows, self.class_map, all_classes)
         curves = self.run_dir / "plots" / "curves.png"
         curves.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(curves, charts.strip(pictures))
         self.write_report(rows, pictures)
+        self.draw_cost = time.monotonic() - started
 
     def write_report(self, rows: list[dict] | None = None, pictures: dict[str, bytes] | None = None) -> None:
         """Write ``report.html`` (atomically) from what the run has recorded so far."""
@@ -299,7 +309,8 @@ class RunLog:
         bounded) and train.log."""
         try:
             self._collect(wait=True)
-            self.write_report()
+            if self.run_dir:  # the final picture and report, whatever the last rounds skipped
+                self.write_pictures(self.rows())
         finally:
             if self.worker:
                 self.worker.shutdown()

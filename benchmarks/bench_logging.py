@@ -11,12 +11,20 @@ Trains the same small U-Net on the same synthetic data once per logger set (in-p
   ``--log-every``), per validation round ``RunLog.validation`` plus the prediction panels the trainer makes for
   it, and all of it as a share of the epoch loop's time.
 
+- report.html + curves.png: the job a validation round queues on the logging thread (``RunLog.write_pictures``:
+  the charts, drawn once, curves.png and report.html), per drawing, and all drawings as a share of the epoch
+  loop's time (rounds whose refresh would exceed ``REPORT_SHARE`` skip it; the final one at the end is counted
+  too). They run beside training, so the loop does not wait for them, but on a machine with few cores they take
+  CPU from it: this share is their cost.
+
 A warm-up run, left out of the table, takes the first-run costs (imports, kernel set-up).
 
     python benchmarks/bench_logging.py                  # CPU, width 16, 64x64 images
     python benchmarks/bench_logging.py --device cuda --width 32 --size 256
     python benchmarks/bench_logging.py --smoke          # seconds; the test suite runs it
     python benchmarks/bench_logging.py --sets off,csv,csv+tensorboard   # without W&B installed
+    python benchmarks/bench_logging.py --sample --sets off,csv --repeats 1 --epochs 1 --width 8 --val-rounds 3
+                                                        # the bundled sample (256x256 crops of 65 images)
 
 W&B runs offline (WANDB_MODE=offline) with its folders in a temporary directory; ``--sets`` leaves it out
 where it is not installed.
@@ -25,6 +33,7 @@ where it is not installed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -37,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from unetseg.config import TrainConfig
+from unetseg.data.prepare import sample_dataset_dir
 from unetseg.tracking import runlog as loggers
 from unetseg.training import loop as trainer
 
@@ -91,6 +101,7 @@ class Timers:
         self.wrap(loggers.RunLog, "scalars")
         self.wrap(loggers.RunLog, "validation")
         self.wrap(trainer, "gallery")  # prediction panels: made every round for TensorBoard and W&B
+        self.wrap(loggers.RunLog, "write_pictures")  # on the logging thread, beside training
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,14 +136,19 @@ def train_once(data: Path, out: Path, logger: str | None, args: argparse.Namespa
             result = trainer.fit(cfg)
     finally:
         trainer.RunLog = real_runlog
-    steps, seconds = result["steps"], timers.seconds
+    steps, seconds, calls = result["steps"], timers.seconds, timers.calls
+    report_s = seconds["write_pictures"] / max(calls["write_pictures"], 1)
+    measured = calls["write_pictures"] and logger is not None
     logging = seconds["scalars"] + seconds["validation"] + seconds["gallery"]
     return {
         "step_s": seconds["run_epochs"] / steps,
         "scalars_ms": 1e3 * seconds["scalars"] / steps,
         "round_ms": 1e3 * (seconds["validation"] + seconds["gallery"]) / max(timers.calls["validation"], 1),
         "share": logging / seconds["run_epochs"],
-        "rounds": timers.calls["validation"],
+        "rounds": calls["validation"],
+        "report_ms": 1e3 * report_s if measured else float("nan"),
+        "report_share": seconds["write_pictures"] / seconds["run_epochs"] if measured else float("nan"),
+        "drawings": calls["write_pictures"],
         "steps": steps,
     }
 
@@ -152,6 +168,7 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=None, help="CPU threads for PyTorch (1 steadies timings on a shared machine)"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument("--sample", action="store_true", help="train on the bundled sample instead of --count images")
     args = parser.parse_args()
     args.sets = [n.strip() for n in args.sets.split(",") if n.strip()]
     if set(args.sets) - set(SETS) or "off" not in args.sets:
@@ -170,7 +187,7 @@ def main() -> None:
         os.environ["WANDB_MODE"] = "offline"
         for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
             os.environ[name] = str(root / name.lower())
-        data = make_data(root / "data", args.count, args.size)
+        data = sample_dataset_dir() if args.sample else make_data(root / "data", args.count, args.size)
         train_once(data, root / "warm-up", None, args)  # first-run costs (imports, kernel set-up) out of the table
         results: dict[str, list[dict]] = defaultdict(list)
         names = args.sets
@@ -184,25 +201,31 @@ def main() -> None:
 def print_table(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     first = results["off"][0]
     print(
-        f"device {args.device}, U-Net width {args.width}, {args.size}x{args.size} images, batch {args.batch}, "
+        f"device {args.device}, U-Net width {args.width}, "
+        f"{'the bundled sample' if args.sample else f'{args.size}x{args.size} images'}, batch {args.batch}, "
         f"{first['steps']} steps, {first['rounds']} validation rounds, --log-every 10, {args.repeats} repeat(s), "
         f"{torch.get_num_threads()} CPU thread(s)"
     )
     print()
     print(
         "| loggers | step time (ms, best) | end to end vs off | RunLog.scalars per step (ms) "
-        "| logging per validation round (ms) | all logging, share of step time |"
+        "| logging per validation round (ms) | all logging, share of step time "
+        "| report.html + curves.png per drawing (ms) | drawings | report, share of epoch loop |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = min(r["step_s"] for r in results["off"])
     for name, runs in results.items():
         step = min(r["step_s"] for r in runs)
         scalars = statistics.median(r["scalars_ms"] for r in runs)
         round_ms = statistics.median(r["round_ms"] for r in runs)
         share = statistics.median(r["share"] for r in runs)
+        report_ms = statistics.median(r["report_ms"] for r in runs)
+        report_share = statistics.median(r["report_share"] for r in runs)
+        drawings = runs[0].get("drawings", 0)
+        report = "-" if math.isnan(report_ms) else f"{report_ms:.0f} | {drawings} | {100 * report_share:.1f}%"
         print(
             f"| {name} | {1e3 * step:.1f} | {100 * (step / base - 1):+.1f}% | {scalars:.3f} | {round_ms:.1f} "
-            f"| {100 * share:.2f}% |"
+            f"| {100 * share:.2f}% | {report if report != '-' else '- | - | -'} |"
         )
 
 

@@ -18,7 +18,8 @@ import unetseg.data.index as index_module
 from conftest import make_dataset
 from unetseg.cli import main
 from unetseg.data.classmap import ClassMap
-from unetseg.tracking.plots import clean_label, save_curves, save_gallery
+from unetseg.tracking.charts import save_curves
+from unetseg.tracking.plots import clean_label, save_gallery
 
 TRAIN = ["-e", "1", "--max-steps", "1", "--width", "8", "--no-plan", "--patch-size", "32", "--workers", "1"]
 TRAIN += ["--quiet"]

@@ -158,7 +158,7 @@ def test_report_files(report, tmp_path):
     assert table[0] == ["truth \\ prediction", "background", "cell", "edge"]
     assert [int(v) for v in table[2][1:]] == report["confusion"][1]
     picture = Image.open(tmp_path / "confusion.png")
-    assert picture.mode == "RGB" and picture.width > 3 * 72 and picture.height > 3 * 72
+    assert picture.mode in ("RGB", "RGBA") and picture.width > 3 * 72 and picture.height > 3 * 72
 
 
 def test_worst_images_are_the_lowest_foreground_dice(report):

@@ -76,6 +76,13 @@ class EvaluateConfig(SourceConfig):
         None, "folder for per_image.csv, confusion.csv and confusion.png", group="output", shown="print and --json only"
     )
     json: str | None = option(None, "also write the scores to this JSON file", group="output")
+    report: str | None = option(
+        None,
+        "folder for report.html: sortable per-class and per-image tables, confusion matrix, the --worst images "
+        "with false positives and negatives coloured",
+        group="output",
+        shown="none",
+    )
     boundary: bool = option(
         False, "also compute HD95 and average surface distance per class (needs scipy)", group="output"
     )

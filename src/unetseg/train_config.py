@@ -361,8 +361,8 @@ class TrainConfig(DataConfig):
     )
     logger: str = option(
         "csv",
-        "loggers, comma-separated: csv (metrics.csv, train.log, plots/; always on), tensorboard, wandb "
-        "(offline unless you are logged in)",
+        "loggers, comma-separated: csv (metrics.csv, train.log, plots/, report.html; always on), tensorboard, wandb "
+        "(offline unless you are logged in), mlflow (<run dir>/mlruns unless MLFLOW_TRACKING_URI is set)",
         group="logging",
         check=check_names_list,
     )

@@ -23,6 +23,7 @@ from unetseg.errors import UserError
 from unetseg.evaluation.boundary import DISTANCES, require_scipy
 from unetseg.evaluation.choice import ScoreChoice, checkpoint_choice
 from unetseg.evaluation.metrics import SCORES, nanmean
+from unetseg.evaluation.panels import predict_panels
 from unetseg.evaluation.report import (
     json_safe,
     print_report,
@@ -77,9 +78,35 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
         write_per_image_csv(out / "per_image.csv", report)
         write_confusion_csv(out / "confusion.csv", report)
         write_confusion_png(out / "confusion.png", report)
+    if cfg.report:
+        write_html_report(Path(cfg.report), report, model, samples, ckpt["norm"], class_map, device, cfg)
     if cfg.json:
         write_atomic(cfg.json, json.dumps(json_safe(report), indent=2).encode())
     return report
+
+
+def write_html_report(
+    folder: Path,
+    report: dict,
+    model: torch.nn.Module,
+    samples: list,
+    norm: dict,
+    class_map: ClassMap,
+    device: torch.device,
+    cfg: EvaluateConfig,
+) -> Path:
+    """``report.html`` in ``folder``: the tables, the confusion matrix, and the worst images predicted again
+    (only those ``--worst`` images go through the model a second time)."""
+    from unetseg.tracking.html import write_page  # matplotlib loads only when a report is asked for
+    from unetseg.tracking.report_html import evaluation_page
+
+    by_name = {s.name: s for s in samples}
+    worst = [by_name[name] for name in report["worst"] if name in by_name]
+    dtype = choose_dtype(cfg.precision, cfg.amp, device)
+    panels = predict_panels(model, worst, norm, device, dtype)
+    path = write_page(folder / "report.html", evaluation_page(report, panels, class_map))
+    print(f"  report: {path}")
+    return path
 
 
 def build_report(result: dict, class_map: ClassMap, meta: dict, choice: ScoreChoice | None = None) -> dict:

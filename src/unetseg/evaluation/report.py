@@ -1,4 +1,5 @@
-"""Evaluation reports for people and machines: console table, per-image CSV, confusion matrix CSV and PNG.
+"""Evaluation reports for people and machines: console table, per-image CSV, confusion matrix CSV and PNG
+(the HTML page: :mod:`unetseg.tracking.report_html`).
 
 Empty scores (class absent from truth and prediction) are shown as "empty" on the console, an empty field in
 CSV files and ``null`` in JSON; never as 1.0.
@@ -10,8 +11,6 @@ import csv
 import io
 import math
 from pathlib import Path
-
-from PIL import Image, ImageDraw, ImageFont
 
 from unetseg.core.atomic import write_atomic
 from unetseg.evaluation.boundary import DISTANCES
@@ -116,35 +115,11 @@ def write_csv(path: Path, rows: list[list]) -> None:
     write_atomic(path, text.getvalue().encode())
 
 
-def write_confusion_png(path: Path, report: dict, cell: int = 72) -> None:
-    """The confusion matrix as a picture: each cell shaded by its share of the true class, with count and %."""
-    names = [c["name"] for c in report["classes"]]
-    matrix = report["confusion"]
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    label_w = max(probe.textlength(n, font=font) for n in [*names, "truth"]) + 16
-    left, top, k = int(label_w) + 8, 56, len(names)
-    image = Image.new("RGB", (left + k * cell + 8, top + k * cell + 24), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 8), "rows: truth, columns: prediction", fill="black", font=font)
-    draw.text((left, 24), "shade and %: share of the true class", fill="gray", font=font)
-    for j, name in enumerate(names):
-        draw.text((left + j * cell + 4, top - 14), name[:10], fill="black", font=font)
-    for i, (name, row) in enumerate(zip(names, matrix)):
-        y = top + i * cell
-        draw.text((8, y + cell // 2 - 6), name, fill="black", font=font)
-        total = sum(row)
-        for j, count in enumerate(row):
-            share = count / total if total else 0.0
-            shade = tuple(int(255 - share * (255 - c)) for c in (8, 48, 107))  # white -> dark blue
-            x = left + j * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline=(200, 200, 200))
-            ink = "white" if share > 0.5 else "black"
-            draw.text((x + 4, y + cell // 2 - 14), f"{count}", fill=ink, font=font)
-            draw.text((x + 4, y + cell // 2 + 2), f"{100 * share:.1f}%" if total else "-", fill=ink, font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+def write_confusion_png(path: Path, report: dict) -> None:
+    """The confusion matrix as a picture (matplotlib): each cell shaded by its share of the true class."""
+    from unetseg.tracking.charts import confusion_chart  # matplotlib loads only when a picture is asked for
+
+    write_atomic(path, confusion_chart(report["confusion"], [c["name"] for c in report["classes"]]))
 
 
 def json_safe(value: object) -> object:

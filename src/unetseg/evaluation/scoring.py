@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ def evaluate(
     dist_info: DistInfo | None = None,
     batches: list[tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None,
     boundary: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Confusion matrix and per-image counts over every sample (whole images, nothing dropped).
 
@@ -44,7 +47,8 @@ def evaluate(
     every world-th image and the integer counts are summed: no image twice, none lost. ``batches`` (from
     :func:`device_batches`) replaces ``samples`` with batches already resident on the device. ``boundary`` adds
     per-image HD95 and ASD (``boundary``: ``(N, K, 2)``), computed on the host, which costs a copy of each
-    batch's prediction.
+    batch's prediction. ``loss_fn`` adds ``loss``: the training loss on whole validation images, the mean of
+    each batch's loss weighted by its images (summed on the device, one read with the rest).
     """
     info = dist_info or DistInfo()
     everything, samples = samples, samples[info.rank :: info.world]
@@ -52,6 +56,7 @@ def evaluate(
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     counts, names, distances = [], [], []
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (weighted loss, images)
     for images, masks, batch_names in batches if batches is not None else eval_batches(samples, batch_size):
         x = normalize(images, norm, device, channels_last)
         target = masks.to(device, non_blocking=True)
@@ -60,6 +65,10 @@ def evaluate(
         if logits.shape[-2:] != target.shape[-2:]:  # a downscaled input, scored at the mask's own size
             logits = F.interpolate(logits.float(), target.shape[-2:], mode="bilinear", align_corners=False)
         pred = predict_classes(logits, threshold)
+        if loss_fn is not None:
+            loss_sum += torch.stack(
+                [loss_fn(logits.float(), target).double() * len(target), loss_sum.new_tensor(len(target))]
+            )
         cm += confusion_matrix(pred, target, num_classes)
         counts.append(per_image_counts(pred, target, num_classes))
         names += batch_names
@@ -75,6 +84,9 @@ def evaluate(
     names = [names[i] for i in order]
     counts = torch.tensor(counts, dtype=torch.int64).view(-1, num_classes, 3)[order]
     result = result_from_counts(cm, counts, names)
+    if loss_fn is not None:
+        total, images = all_reduce_sum(loss_sum, info).tolist()
+        result["loss"] = total / images if images else float("nan")
     if boundary:
         gathered = gather_lists(np.concatenate(distances).tolist() if distances else [], info)
         result["boundary"] = np.array(gathered, dtype=np.float64).reshape(-1, num_classes, 2)[order]

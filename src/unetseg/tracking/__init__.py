@@ -1,1 +1,1 @@
-"""What a run records: the run log and metrics.csv, TensorBoard and W&B backends, plots."""
+"""What a run records: the run log, metrics.csv and report.html; TensorBoard, W&B and MLflow; charts and plots."""

@@ -24,7 +24,8 @@ from torch import nn
 
 from unetseg.errors import UserError
 
-EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # --logger name -> package (and extra) it needs
+# --logger name -> the package (and extra) it needs
+EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 HIST_BINS = 64
 WANDB_INIT_TIMEOUT = 20.0  # s: a reachable service answers in a few; an unreachable one must not hold training
 WANDB_FINISH_TIMEOUT = 60.0  # s: uploads left at the end stay on disk for `wandb sync`

@@ -1,15 +1,13 @@
-"""Pictures of a run, drawn with Pillow (no matplotlib): learning curves and prediction galleries.
+"""Pictures of predictions, drawn with Pillow: class colours, overlays, error maps and prediction galleries.
 
-``save_gallery`` is shared by training (``plots/gallery.png``, refreshed when ``best.pt`` improves) and
-``unetseg evaluate`` (its worst images); ``save_curves`` draws ``plots/curves.png`` from metrics.csv rows.
+``save_gallery`` draws ``plots/gallery.png`` (refreshed when ``best.pt`` improves); the HTML reports embed the same
+tiles. The charts (learning curves, confusion matrix) are matplotlib's: :mod:`unetseg.tracking.charts`.
 """
 
 from __future__ import annotations
 
-import math
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from unetseg.data.classmap import IGNORE_INDEX, PALETTE
 
-CURVES_SIZE = (1500, 420)  # px: three charts (loss, Dice per class, lr) side by side
 TILE = 192  # px: each gallery tile fits a TILE x TILE box, so small and large images read the same
 GAP = 8  # px between tiles
 IGNORE_COLOR = (128, 128, 128)  # ignore pixels (255) in truth and prediction
@@ -184,149 +181,22 @@ def save_gallery(
     return path
 
 
-@dataclass
-class Series:
-    """One line of a chart: ``ys[i]`` at ``xs[i]``; NaN leaves a gap."""
-
-    label: str
-    color: tuple[int, int, int]
-    xs: list[float]
-    ys: list[float]
+FALSE_POSITIVE = (255, 140, 0)  # orange: predicted as a foreground class that the truth does not have there
+FALSE_NEGATIVE = (0, 150, 255)  # blue: true foreground predicted as background
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering ``[low, high]``."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return []
-    if high <= low:
-        high = low + (abs(low) or 1.0) * 0.1
-    raw = (high - low) / max(count - 1, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.floor(low / step) * step
-    return [first + i * step for i in range(int(math.ceil((high - first) / step - 1e-9)) + 1)]
+def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The image with false positives in orange and false negatives in blue (ignore pixels left as they are)."""
+    base = to_rgb(image).astype(np.float32)
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    scored = truth != IGNORE_INDEX
+    wrong_fg = scored & (pred > 0) & (pred != truth)  # includes a foreground pixel given the wrong class
+    missed = scored & (truth > 0) & (pred == 0)
+    for mask, color in ((wrong_fg, FALSE_POSITIVE), (missed, FALSE_NEGATIVE)):
+        base[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(color, np.float32)
+    return base.astype(np.uint8)
 
 
-def _label(value: float) -> str:
-    return f"{value:.3g}"  # 3 digits tell 1-2-5 ticks apart and hide float noise such as 0.30000000000000004
-
-
-@dataclass
-class Frame:
-    """A chart's plot area in pixels and the data range it shows."""
-
-    left: float
-    top: float
-    right: float
-    bottom: float
-    x_ticks: list[float]
-    y_ticks: list[float]
-
-    def at(self, x: float, y: float) -> tuple[float, float]:
-        """Data coordinates -> pixel coordinates."""
-        (x0, x1), (y0, y1) = (self.x_ticks[0], self.x_ticks[-1]), (self.y_ticks[0], self.y_ticks[-1])
-        return (
-            self.left + (x - x0) / (x1 - x0) * (self.right - self.left),
-            self.bottom - (y - y0) / (y1 - y0) * (self.bottom - self.top),
-        )
-
-
-def draw_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, series: list[Series]) -> None:
-    """A line chart in ``box`` (left, top, right, bottom): title, axes with tick labels, "step" axis, legend."""
-    left, top, right, bottom = box[0] + 62, box[1] + 34, box[2] - 12, box[3] - 40
-    _text(draw, (box[0] + 8, box[1] + 4), title, _font(14), "black")
-    draw.text(((left + right) // 2 - 12, bottom + 22), "step", fill="black", font=_font(11))
-    points = [(x, y) for s in series for x, y in zip(s.xs, s.ys) if math.isfinite(x) and math.isfinite(y)]
-    if not points:
-        draw.rectangle([left, top, right, bottom], outline="black")
-        draw.text((left + 10, top + 10), "no data yet", fill="gray", font=_font(11))
-        return
-    frame = Frame(
-        left,
-        top,
-        right,
-        bottom,
-        nice_ticks(min(p[0] for p in points), max(p[0] for p in points)),
-        nice_ticks(min(p[1] for p in points), max(p[1] for p in points)),
-    )
-    _draw_axes(draw, frame)
-    for index, line in enumerate(series):
-        _draw_series(draw, frame, line)
-        if len(series) > 1:  # legend, top right
-            y = top + 6 + 15 * index
-            draw.line([(right - 120, y + 6), (right - 100, y + 6)], fill=_readable(line.color), width=3)
-            _text(draw, (right - 95, y), clean_label(line.label)[:14], _font(11), "black")
-
-
-def _draw_axes(draw: ImageDraw.ImageDraw, frame: Frame) -> None:
-    """Grid lines, tick labels and the frame."""
-    small = _font(11)
-    for tick in frame.x_ticks:
-        x, label = frame.at(tick, frame.y_ticks[0])[0], _label(tick)
-        draw.line([(x, frame.top), (x, frame.bottom)], fill=(230, 230, 230))
-        draw.text((x - draw.textlength(label, font=small) / 2, frame.bottom + 5), label, fill="black", font=small)
-    for tick in frame.y_ticks:
-        y, label = frame.at(frame.x_ticks[0], tick)[1], _label(tick)
-        draw.line([(frame.left, y), (frame.right, y)], fill=(230, 230, 230))
-        draw.text((frame.left - 4 - draw.textlength(label, font=small), y - 6), label, fill="black", font=small)
-    draw.rectangle([frame.left, frame.top, frame.right, frame.bottom], outline="black")
-
-
-def _draw_series(draw: ImageDraw.ImageDraw, frame: Frame, line: Series) -> None:
-    """A polyline broken at NaN values, with a dot per point while points are few (each is a round)."""
-    color = _readable(line.color)
-    segment: list[tuple[float, float]] = []
-    for x, y in [*zip(line.xs, line.ys), (math.nan, math.nan)]:  # the NaN sentinel ends the last segment
-        if math.isfinite(x) and math.isfinite(y):
-            segment.append(frame.at(x, y))
-            continue
-        if len(segment) > 1:
-            draw.line(segment, fill=color, width=2)
-        for px, py in segment if len(segment) < 40 else ():
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
-        segment = []
-
-
-def _readable(color: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Class colours are chosen for masks; darken the light ones (and black background stays black) for lines."""
-    light = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    return tuple(int(c * 160 / light) for c in color) if light > 160 else color
-
-
-def _column(rows: list[dict], key: str) -> list[float]:
-    values = []
-    for row in rows:
-        try:
-            values.append(float(row.get(key, math.nan)))
-        except (TypeError, ValueError):  # an empty CSV cell: no score that round
-            values.append(math.nan)
-    return values
-
-
-def save_curves(path: str | Path, rows: list[dict], class_map: object | None = None) -> Path:
-    """Write ``plots/curves.png``: train loss, validation Dice per foreground class, and learning rate.
-
-    ``rows`` are metrics.csv rows (dicts of strings or numbers) with ``step``, ``train_loss``, ``lr`` and
-    ``dice_<class>`` columns.
-    """
-    path = Path(path)
-    names = list(getattr(class_map, "names", None) or [k[5:] for k in (rows[0] if rows else {}) if k[:5] == "dice_"])
-    names = [n for n in names if n not in ("fg",)]
-    colors = class_colors(class_map, len(names))
-    steps = _column(rows, "step")
-    dice = [Series(n, colors[i % len(colors)], steps, _column(rows, f"dice_{n}")) for i, n in enumerate(names)][1:]
-    if len(dice) > 1:
-        dice.append(Series("mean", (0, 0, 0), steps, _column(rows, "dice_fg")))
-    charts = [
-        ("train loss", [Series("train loss", (31, 119, 180), steps, _column(rows, "train_loss"))]),
-        ("validation Dice", dice),
-        ("learning rate", [Series("lr", (214, 39, 40), steps, _column(rows, "lr"))]),
-    ]
-    picture = Image.new("RGB", CURVES_SIZE, "white")
-    draw = ImageDraw.Draw(picture)
-    width = CURVES_SIZE[0] // len(charts)
-    for i, (title, series) in enumerate(charts):
-        draw_chart(draw, (i * width, 0, (i + 1) * width, CURVES_SIZE[1]), title, series)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, compress_level=PNG_LEVEL)
-    return path
+def fit_tile(tile: np.ndarray, longest: int, nearest: bool) -> Image.Image:
+    """A tile scaled so its longer side is ``longest`` px (nearest for masks: no blended classes)."""
+    return _fit(tile, _tile_size(np.shape(tile), longest), nearest)

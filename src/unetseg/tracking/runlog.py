@@ -1,5 +1,5 @@
-"""Where a run reports: the console (text or JSON lines) and train.log, metrics.csv, plots/, and the optional
-TensorBoard and Weights & Biases backends (``--logger csv,tensorboard,wandb``).
+"""Where a run reports: the console (text or JSON lines) and train.log, metrics.csv, plots/, report.html, and the
+optional TensorBoard, Weights & Biases and MLflow backends (``--logger csv,tensorboard,wandb,mlflow``).
 
 One ``RunLog`` fans out to all of them. Values reach it already on the host (the trainer reads the device only
 every ``--log-every`` steps), so nothing here forces a device synchronisation in the training loop; the slow
@@ -15,6 +15,7 @@ import io
 import json
 import math
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,9 +24,14 @@ from tqdm import tqdm
 from unetseg.core.atomic import storage_error, write_atomic
 from unetseg.errors import UserError
 from unetseg.tracking import backends as trackers
-from unetseg.tracking import plots
+from unetseg.tracking import charts, mlflow_log, plots, report_html
+from unetseg.tracking.html import write_page
 
-KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
+KNOWN_LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+# report.html and curves.png are redrawn after a round only when the last drawing took under this share of the time
+# since it started: frequent short rounds (a small dataset, a fast GPU) skip some refreshes instead of paying more.
+# The final report is always written.
+REPORT_SHARE = 0.05
 
 
 def parse_loggers(loggers: str) -> list[str]:
@@ -63,6 +69,16 @@ class RunLog:
         # host data (PNG encoding and file I/O release the GIL, so they overlap the next steps).
         self.worker: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
+        # What report.html shows besides metrics.csv: the start-up summary, the best round's confusion matrix and
+        # gallery, the plan (when the trainer hands it over) and the end of the run.
+        self.start_fields: dict | None = None
+        self.config: dict = {}
+        self.plan: list | None = None
+        self.best_confusion: list | None = None
+        self.best_panels: list[dict] = []
+        self.done: dict | None = None
+        self.drawn_at = -math.inf  # time.monotonic() when the last curves and report were queued
+        self.draw_cost = 0.0  # seconds the last drawing took (on the logging thread)
 
     @property
     def wants_images(self) -> bool:
@@ -71,7 +87,9 @@ class RunLog:
 
     def describe(self) -> str:
         """The loggers in use, for the start-up summary, e.g. ``csv, tensorboard, wandb (offline)``."""
-        return ", ".join(["csv", *(f"wandb ({trackers.wandb_mode()})" if n == "wandb" else n for n in self.requested)])
+        shown = {"wandb": f"wandb ({trackers.wandb_mode()})"}
+        shown["mlflow"] = f"mlflow ({mlflow_log.tracking_uri(self.run_dir)})"
+        return ", ".join(["csv", *(shown.get(n, n) for n in self.requested)])
 
     @property
     def bars(self) -> bool:
@@ -123,11 +141,14 @@ class RunLog:
 
     def event(self, name: str, lines: list[str], fields: dict) -> None:
         """A block of console lines that JSON mode shows as one ``{"event": name, **fields}`` object."""
+        if name == "done":
+            self.done = dict(fields)  # the final report.html says how the run ended
         self._emit(name, lines, fields)
 
     def start(self, lines: list[str], fields: dict, class_map: object, config: dict) -> None:
         """The start-up summary; opens the backends now that the data (class names, colours) is known."""
         self.class_map = class_map
+        self.start_fields, self.config = dict(fields), dict(config)
         if self.run_dir:
             self._open_backends(config)
         self.event("start", lines, fields)
@@ -138,6 +159,10 @@ class RunLog:
             if name == "tensorboard":
                 purge = None if self.resumed_at is None else self.resumed_at + 1
                 self.backends.append(trackers.TensorBoardLog(self.run_dir / "tensorboard", purge))
+            elif name == "mlflow":
+                backend = mlflow_log.MlflowLog.open(self.run_dir, config, self.warn)
+                if backend:
+                    self.backends.append(backend)
             elif name == "wandb":
                 wandb_config = config | {"class_map": getattr(self.class_map, "to_dict", dict)()}
                 backend = trackers.WandbLog.open(self.run_dir, wandb_config, names, self.warn)
@@ -162,14 +187,26 @@ class RunLog:
             self._submit(self._each, "scalars", step, values)
 
     def validation(
-        self, step: int, row: dict, model: object, panels: list[dict] | None, improved: bool, message: str = ""
+        self,
+        step: int,
+        row: dict,
+        model: object,
+        panels: list[dict] | None,
+        improved: bool,
+        message: str = "",
+        confusion: list | None = None,
     ) -> None:
-        """A validation round: its console line, metrics.csv row, plots, and histograms and panels for backends."""
+        """A validation round: its console line, metrics.csv row, plots, report.html, and histograms and panels
+        for backends. ``confusion`` (pixel counts, truth x prediction) is kept for the report when ``improved``."""
         if message:
             self.event("validation", [message], row | {"improved": improved})
         self.metrics(row)
-        if self.run_dir:
-            self._submit(plots.save_curves, self.run_dir / "plots" / "curves.png", self.rows(), self.class_map)
+        if improved:
+            self.best_confusion = confusion
+            self.best_panels = list(panels or [])
+        if self.run_dir and time.monotonic() - self.drawn_at >= self.draw_cost / REPORT_SHARE:
+            self.drawn_at = time.monotonic()
+            self._submit(self.write_pictures, self.rows())
             if improved and panels:
                 name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
                 title = f"step {step}: best validation {name} {row.get(name, math.nan):.4f}"
@@ -238,10 +275,42 @@ class RunLog:
         self.columns = list(rows[0])
         self._write_csv()
 
+    def write_pictures(self, rows: list[dict]) -> None:
+        """The learning curves, drawn once: ``plots/curves.png`` and report.html (on the logging thread)."""
+        started = time.monotonic()
+        all_classes = (self.start_fields or {}).get("score", {}).get("name") == "miou"
+        pictures = charts.curves(rows, self.class_map, all_classes)
+        curves = self.run_dir / "plots" / "curves.png"
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(curves, charts.strip(pictures))
+        self.write_report(rows, pictures)
+        self.draw_cost = time.monotonic() - started
+
+    def write_report(self, rows: list[dict] | None = None, pictures: dict[str, bytes] | None = None) -> None:
+        """Write ``report.html`` (atomically) from what the run has recorded so far."""
+        if not (self.run_dir and self.start_fields is not None):
+            return
+        text = report_html.run_page(
+            self.run_dir.name,
+            self.rows() if rows is None else rows,
+            self.class_map,
+            self.start_fields,
+            self.config,
+            self.best_confusion,
+            self.best_panels,
+            self.plan,
+            self.done,
+            pictures,
+        )
+        write_page(self.run_dir / "report.html", text)
+
     def close(self) -> None:
-        """Finish the queued plots and writes, close the backends (W&B's upload wait is bounded) and train.log."""
+        """Finish the queued plots and writes, write the final report.html, close the backends (their uploads are
+        bounded) and train.log."""
         try:
             self._collect(wait=True)
+            if self.run_dir:  # the final picture and report, whatever the last rounds skipped
+                self.write_pictures(self.rows())
         finally:
             if self.worker:
                 self.worker.shutdown()

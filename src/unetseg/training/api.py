@@ -84,9 +84,10 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
         if plan:  # planned once here, so that every process trains with the same settings
             cfg = apply_plan(cfg, values)
         return relaunch(cfg, resume_from)
+    chosen: list = []  # the plan's choices and reasons, for report.html
     if plan:
         if not launched:
-            cfg = apply_plan(cfg, values)
+            cfg = apply_plan(cfg, values, chosen)
         elif int(os.environ["WORLD_SIZE"]) > 1 and os.environ.get("RANK") == "0":
             print(
                 "unetseg train: no plan under torchrun (the processes could plan differently); use `unetseg train "
@@ -97,7 +98,7 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
         return cross_validation(cfg)
     from unetseg.training.loop import fit
 
-    result = fit(cfg, resume, started)
+    result = fit(cfg, resume, started, plan=chosen or None)
     best = result["best_score"]
     return TrainResult(
         run_dir=Path(result["run_dir"]),
@@ -185,19 +186,22 @@ def plan_options(plan: Plan) -> dict:
     return {name: value for name, value, _ in plan if name in fields}
 
 
+def plan_rows(plan: Plan, given: dict) -> list[tuple]:
+    """``(option, value, why)`` per choice, with the value that will be used: the user's where they gave one."""
+    return [(n, given[n], f"given (the plan would choose {v}: {r})") if n in given else (n, v, r) for n, v, r in plan]
+
+
 def plan_lines(plan: Plan, given: dict) -> list[str]:
     """One line per choice, showing the value that will be used: the user's where they gave one."""
-    lines = []
-    for name, value, reason in plan:
-        if name in given:
-            value, reason = given[name], f"given (the plan would choose {value}: {reason})"
-        lines.append(f"  {name:<14} {str(value):<22} {reason}")
-    return lines
+    return [f"  {name:<14} {str(value):<22} {reason}" for name, value, reason in plan_rows(plan, given)]
 
 
-def apply_plan(cfg: TrainConfig, given: dict) -> TrainConfig:
-    """``cfg`` with the plan's choice for every option the user did not give; the plan is printed."""
+def apply_plan(cfg: TrainConfig, given: dict, record: list | None = None) -> TrainConfig:
+    """``cfg`` with the plan's choice for every option the user did not give; the plan is printed (and its rows
+    ``(option, value used, why)`` appended to ``record``)."""
     plan = planned(cfg, given)
+    if record is not None:
+        record.extend(plan_rows(plan, given))
     if cfg.log_format == "json":
         from unetseg.tracking.runlog import json_line
 

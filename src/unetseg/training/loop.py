@@ -214,6 +214,7 @@ def validate(run: Run) -> dict:
             cfg.channels_last,
             dist_info=run.dist,
             batches=run.val_batches or None,
+            loss_fn=run.loss_fn,
         )
         choice = choose_score(run.data.class_map, cfg.score)
         score = choice.value(result)  # foreground Dice, or mIoU when class 0 is a real class
@@ -232,12 +233,14 @@ def validate(run: Run) -> dict:
         "epoch": state.epoch + 1,
         "lr": run.optimizer.param_groups[0]["lr"],
         **round_scores(result, choice),
+        "val_loss": result["loss"],
     }
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
     run.val_cost = time.monotonic() - started
     row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
-    return row | {"best": state.best, "improved": improved, "panels": panels}
+    confusion = result["confusion"] if run.dist.is_main else None  # for report.html (not a metrics.csv column)
+    return row | {"best": state.best, "improved": improved, "panels": panels, "confusion": confusion}
 
 
 def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:
@@ -324,16 +327,18 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
             save(run, "best.pt", with_train_state=False)
 
 
-def fit(cfg: TrainConfig, resume: dict | None = None, started: float | None = None) -> dict:
+def fit(cfg: TrainConfig, resume: dict | None = None, started: float | None = None, plan: list | None = None) -> dict:
     """Train a model; returns the best score, the run directory and the exit status.
 
     A time budget covers set-up (data decoding, model build) too, counted from ``started`` (``time.monotonic()``)
     when given: the command passes the moment it began, so that planning counts as well. Bad input found once
     training runs (a full disk, out of memory, divergence) ends the run with exit status 2 and its reason in
-    train.log; an internal error is logged the same way and then raised.
+    train.log; an internal error is logged the same way and then raised. ``plan``: the planned choices and their
+    reasons ``(option, value, why)``, shown in report.html.
     """
     started = time.monotonic() if started is None else started
     run = build_run(cfg, resume)
+    run.log.plan = plan
     try:
         summary(run)
         stop, progress = StopSignal(), Progress(run.device)

@@ -7,14 +7,12 @@ import math
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from unetseg.config import to_dict
-from unetseg.core.device import autocast, normalize
 from unetseg.data.prepare import class_frequencies
 from unetseg.evaluation.choice import choose_score
-from unetseg.evaluation.metrics import predict_classes
+from unetseg.evaluation.panels import predict_panels
 from unetseg.training.state import Run
 
 GALLERY_SIZE = 4  # validation images shown in panels and the prediction gallery
@@ -116,7 +114,7 @@ def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, har
 def report_round(run: Run, row: dict) -> None:
     """One console line per validation round; the row goes to every logger."""
     improved = row.pop("improved")
-    panels = row.pop("panels", None)
+    panels, confusion = row.pop("panels", None), row.pop("confusion", None)
     names = run.data.class_map.names
     choice = choose_score(run.data.class_map, run.cfg.score)
     shown = names if choice.kind == "all" else names[1:]
@@ -126,7 +124,7 @@ def report_round(run: Run, row: dict) -> None:
         f"val {choice.name} {row[choice.name]:.4f} ({per_class})  lr {row['lr']:.2e}  "
         f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
     )
-    run.log.validation(row["step"], row, run.model, panels, improved, message=line)
+    run.log.validation(row["step"], row, run.model, panels, improved, message=line, confusion=confusion)
 
 
 def report_end(run: Run, reason: str, code: int, best: Path) -> None:
@@ -152,24 +150,7 @@ def report_end(run: Run, reason: str, code: int, best: Path) -> None:
         log.error(reason)
 
 
-@torch.inference_mode()
 def gallery(run: Run) -> list[dict]:
-    """Image, truth and prediction for the first validation images (the same ones every round).
-
-    Images of one size go through the model as one batch (one forward, one device read per size).
-    """
-    was_training = run.model.training
-    run.model.eval()
+    """Image, truth and prediction for the first validation images (the same ones every round)."""
     samples = run.data.val[:GALLERY_SIZE]
-    by_shape: dict[tuple, list[int]] = {}
-    for index, sample in enumerate(samples):
-        by_shape.setdefault(np.shape(sample.image), []).append(index)
-    preds: dict[int, np.ndarray] = {}
-    for indices in by_shape.values():
-        images = torch.from_numpy(np.stack([np.asarray(samples[i].image) for i in indices]))
-        x = normalize(images, run.data.norm, run.device, run.cfg.channels_last)
-        with autocast(run.device, run.dtype):
-            classes = predict_classes(run.model(x)).cpu().numpy().astype(np.uint8)  # (B, H, W)
-        preds |= dict(zip(indices, classes))
-    run.model.train(was_training)
-    return [{"name": s.name, "image": s.image, "truth": s.mask, "pred": preds[i]} for i, s in enumerate(samples)]
+    return predict_panels(run.model, samples, run.data.norm, run.device, run.dtype, run.cfg.channels_last)

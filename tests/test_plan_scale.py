@@ -105,7 +105,9 @@ def test_evaluate_scores_a_downscaled_model_at_the_images_own_size(tmp_path):
     ckpt = inference_checkpoint(UNet(1, 2, width=4), ClassMap([0, 255]), norm, scale=0.5)
     torch.save(ckpt, tmp_path / "m.pt")
     out = tmp_path / "r.json"
-    assert main(["evaluate", "-m", str(tmp_path / "m.pt"), "--data", str(root), "--json", str(out)]) == 0
+    args = ["evaluate", "-m", str(tmp_path / "m.pt"), "--data", str(root), "--json", str(out)]
+    assert main([*args, "--report", str(tmp_path / "page")]) == 0
+    assert (tmp_path / "page" / "report.html").stat().st_size > 0  # its worst-image panels line up at full size
     report = json.loads(out.read_text())
     truth = sum(int((np.asarray(Image.open(p)) > 0).sum()) for p in sorted((root / "masks").iterdir()))
     assert report["scale"] == 0.5

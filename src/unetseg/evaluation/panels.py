@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unetseg.core.device import autocast, normalize
+from unetseg.data.samples import resize_image
 from unetseg.evaluation.metrics import predict_classes
 
 
@@ -27,13 +29,24 @@ def predict_panels(
     model.eval()
     by_shape: dict[tuple, list[int]] = {}
     for index, sample in enumerate(samples):
-        by_shape.setdefault(np.shape(sample.image), []).append(index)
+        by_shape.setdefault((np.shape(sample.image), np.shape(sample.mask)), []).append(index)
     preds: dict[int, np.ndarray] = {}
-    for indices in by_shape.values():
+    for (_, mask_shape), indices in by_shape.items():
         images = torch.from_numpy(np.stack([np.asarray(samples[i].image) for i in indices]))
         x = normalize(images, norm, device, channels_last)
         with autocast(device, dtype):
-            classes = predict_classes(model(x)).cpu().numpy().astype(np.uint8)  # (B, H, W)
+            logits = model(x)
+        if mask_shape and tuple(logits.shape[-2:]) != tuple(mask_shape):  # a downscaled input: back to the mask's size
+            logits = F.interpolate(logits.float(), tuple(mask_shape), mode="bilinear", align_corners=False)
+        classes = predict_classes(logits).cpu().numpy().astype(np.uint8)  # (B, H, W)
         preds |= dict(zip(indices, classes))
     model.train(was_training)
-    return [{"name": s.name, "image": s.image, "truth": s.mask, "pred": preds[i]} for i, s in enumerate(samples)]
+    return [
+        {"name": s.name, "image": _at_size(s.image, np.shape(s.mask)), "truth": s.mask, "pred": preds[i]}
+        for i, s in enumerate(samples)
+    ]
+
+
+def _at_size(image: np.ndarray, size: tuple) -> np.ndarray:
+    """The image shown at its mask's size (bicubic), so the panels line up when the model ran downscaled."""
+    return image if not size or np.shape(image)[:2] == tuple(size) else resize_image(np.asarray(image), tuple(size))

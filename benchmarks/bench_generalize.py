@@ -220,7 +220,7 @@ def unetseg_run(train_dir: Path, val_dir: Path | None, test_dir: Path, out: Path
         raise SystemExit(f"unetseg evaluate failed ({result.returncode}): {result.stderr[-2000:]}")
     report = json.loads(scores.read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
-    planned = {k: config.get(k) for k in ("scale", "patch_size", "flips", "width", "class_weights")}
+    planned = {k: config.get(k) for k in ("scale", "patch_size", "flips", "augment", "width", "class_weights")}
     confusion, values = np.array(report["confusion"]), [c["value"] for c in report["classes"]]
     return {"confusion": confusion, "values": values, "wall": wall, "plan": planned}
 

@@ -208,7 +208,10 @@ def test_skipped_entries_are_named_in_the_doctor_report(tmp_path, capsys):
         (["--val-data", "{tmp}/missing"], "--val-data {tmp}/missing: folder does not exist"),
         (["--val-data", "{tmp}/loop"], "--val-data {tmp}/loop: is a symbolic link that loops back on itself"),
         (["--val-data", "{tmp}/data/imgs"], "--val-data {tmp}/data/imgs: no image folder"),
-        (["--val-data", "{tmp}/file"], "--val-data {tmp}/file: not a folder"),
+        (
+            ["--val-data", "{tmp}/file"],
+            "--val-data {tmp}/file: a file, but not a COCO .json, a CVAT .xml or a YOLO data.yaml",
+        ),
         (["--images", "{tmp}/data/imgs", "--masks", "{tmp}/gone"], "--masks {tmp}/gone: is a broken symbolic link"),
         (["--images", "{tmp}/file", "--masks", "{tmp}/data/masks"], "--images {tmp}/file: not a folder"),
     ],

@@ -61,8 +61,8 @@ def _scale(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, f
         reasons.append(f"objects {objects:.0f} px thick (fit {CONTEXT_PX}: {context:.2f})")
     speed = 1.0
     if budget_s:
-        pixels = PIXELS_PER_S[device] * budget_s / (max(len(data.train), 1) * TARGET_EPOCHS)
-        speed = math.sqrt(pixels / max(shapes.pixels, 1))
+        # Pixels scale with the square of the resolution: the scale that turns these epochs into TARGET_EPOCHS.
+        speed = math.sqrt(_epochs(device, budget_s, len(data.train), shapes.pixels) / TARGET_EPOCHS)
         reasons.append(f"{TARGET_EPOCHS} epochs in the budget need {speed:.2f}")
     # Lower for large objects or for the budget, but never below what thin structures and context need.
     scale = min(1.0, max(detail, side, min(context, speed)))
@@ -96,12 +96,17 @@ def _flips(data: Dataset, shapes: Shapes) -> tuple[str, str]:
     return "all", "no class or brightness prefers the top or the bottom of the images: every orientation"
 
 
+def _epochs(device: str, budget_s: float, images: int, pixels: int) -> float:
+    """Passes over ``images`` training images of ``pixels`` pixels that ``budget_s`` affords on ``device``."""
+    return PIXELS_PER_S[device] * budget_s / (max(images, 1) * max(pixels, 1))
+
+
 def _augment(data: Dataset, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
     """``light`` for many images and a budget of few epochs, else ``default``."""
     count = len(data.train)
     if not budget_s:
         return "default", "no time budget: the epochs are yours to choose"
-    epochs = PIXELS_PER_S[device] * budget_s / (max(count, 1) * max(pixels, 1))
+    epochs = _epochs(device, budget_s, count, pixels)
     if count >= MANY_IMAGES and epochs < FEW_EPOCHS:
         return "light", (
             f"{count} images and about {epochs:.0f} epochs in the budget: each image is seen too few times for "

@@ -15,6 +15,7 @@ made of symbolic links in a temporary folder. Run on an idle machine: a second j
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -220,9 +221,22 @@ def unetseg_run(train_dir: Path, val_dir: Path | None, test_dir: Path, out: Path
         raise SystemExit(f"unetseg evaluate failed ({result.returncode}): {result.stderr[-2000:]}")
     report = json.loads(scores.read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
-    planned = {k: config.get(k) for k in ("scale", "patch_size", "flips", "augment", "width", "class_weights")}
+    keys = ("scale", "patch_size", "flips", "augment", "width", "learning_rate", "class_weights")
+    planned = {k: config.get(k) for k in keys}
     confusion, values = np.array(report["confusion"]), [c["value"] for c in report["classes"]]
-    return {"confusion": confusion, "values": values, "wall": wall, "plan": planned}
+    return {"confusion": confusion, "values": values, "wall": wall, "plan": planned} | time_spent(out, wall)
+
+
+def time_spent(out: Path, wall: float) -> dict:
+    """Seconds in the pilot runs, in the main run's validation rounds, and the rest (training and set-up)."""
+    pilots = out / "pilots" / "pilots.json"
+    record = json.loads(pilots.read_text()) if pilots.exists() else {}
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    validation = sum(float(r["val_s"]) for r in rows if r.get("val_s"))
+    pilot = float(record.get("spent_s", 0.0))
+    winner = record.get("winner", "no pilots")
+    return {"pilot_s": pilot, "val_s": validation, "train_s": wall - pilot - validation, "pilot_winner": winner}
 
 
 # ---- scores and the table -----------------------------------------------------------------------------------------
@@ -262,6 +276,7 @@ def run_one(suite: Suite, root: Path, work: Path, scale: float) -> dict:
         "naive_epochs": epochs,
         "unetseg": headline(ours["confusion"], ours["values"], suite.score),
         "unetseg_wall_s": ours["wall"],
+        **{k: ours[k] for k in ("pilot_s", "train_s", "val_s", "pilot_winner")},
         "plan": ours["plan"],
         "score": suite.score,
         "iou": {str(v): round(float(i), 3) for v, i in zip(ours["values"], iou)},
@@ -293,22 +308,25 @@ def smoke_dataset(root: Path, count: int = 10) -> Path:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| dataset | budget | score | naive | unetseg | ratio | unetseg IoU per class (value:IoU) | under 0.10 | load |"
+        "| dataset | budget | score | naive | unetseg | ratio | unetseg IoU per class (value:IoU) | under 0.10 "
+        "| pilot / train / validation s | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ious = " ".join(f"{v}:{i:.2f}" for v, i in r["iou"].items())
         ratio = r["unetseg"] / r["naive"] if r["naive"] > 0 else float("inf")
         budget = f"{r['budget_s'] / 60:.1f} min"
         row = [r["dataset"], budget, r["score"], f"{r['naive']:.4f}", f"{r['unetseg']:.4f}", f"{ratio:.3f}", ious]
         weak = [v for v, i in r["iou"].items() if r["share"].get(v, 0) >= 0.003 and not i >= 0.10]
-        print("| " + " | ".join(row + [" ".join(weak) or "none", r["load"]]) + " |")
+        spent = f"{r['pilot_s']:.0f} / {r['train_s']:.0f} / {r['val_s']:.0f}"
+        print("| " + " | ".join(row + [" ".join(weak) or "none", spent, r["load"]]) + " |")
     ratios = [r["unetseg"] / r["naive"] for r in rows if r["naive"] > 0]
     if ratios:
         print(f"\nmean ratio {np.mean(ratios):.3f}; unetseg >= naive on {sum(x >= 1 for x in ratios)}/{len(ratios)}")
     for r in rows:
         plan = ", ".join(f"{k} {v}" for k, v in r["plan"].items())
         print(f"{r['dataset']}: naive {r['naive_epochs']} epochs; unetseg {r['unetseg_wall_s']:.0f} s wall, {plan}")
+        print(f"{r['dataset']}: pilot winner {r['pilot_winner']}")
         if r["note"]:
             print(f"{r['dataset']}: {r['note']}")
 

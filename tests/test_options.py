@@ -99,8 +99,8 @@ PROBES = [
     ("train", T, "1: 2", "option names are text"),
     # plan: only what planning uses
     ("plan", [*T, "--logger", "csv"], None, "unrecognized arguments: --logger"),
-    ("plan", [*T, "-f", "x.pt"], None, "unrecognized arguments: -f"),
-    ("plan", [*T, "--model", "unet"], None, "unrecognized arguments: --model"),
+    ("plan", [*T, "--save-every", "5"], None, "unrecognized arguments: --save-every"),
+    ("plan", [*T, "--ema", "0.99"], None, "unrecognized arguments: --ema"),
     ("plan", [*T, "--out", "x"], None, "unrecognized arguments: --out"),
     ("plan", [*T, "--overwrite"], None, "unrecognized arguments: --overwrite"),
     ("plan", [*T, "--nproc", "2"], None, "unrecognized arguments: --nproc"),

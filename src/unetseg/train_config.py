@@ -134,6 +134,12 @@ class TrainConfig(DataConfig):
         "--no-plan uses the fixed defaults",
         group="run",
     )
+    pilot: bool = option(
+        True,
+        "where the plan is unsure (a resolution traded for epochs, the learning rate), short pilot runs on 20% of "
+        "the time budget pick the recipe that scores best on the validation split, and it continues from its weights",
+        group="run",
+    )
     scale: float = option(
         1.0,
         "downscaling factor of the images (bicubic) and masks (nearest), as Pytorch-UNet; predict and evaluate resize "
@@ -214,9 +220,10 @@ class TrainConfig(DataConfig):
     )
     learning_rate: float = option(
         1e-3,
-        "peak learning rate; 1e-3 suits AdamW, use ~1e-5 with RMSprop",
+        "peak learning rate (planned by optimizer: 1e-3 adamw/adam, 1e-2 sgd, 1e-5 rmsprop)",
         "-l",
         group="optimisation",
+        planned=True,
         low=0,
         low_open=True,
         high=10,
@@ -429,6 +436,7 @@ class TrainConfig(DataConfig):
 PLAN_USES = (
     *(f.name for f in dataclasses.fields(DataConfig)),
     *("config", "seed", "device", "workers", "time_budget", "folds", "fold"),
+    *("pilot", "optimizer", "load", "model", "encoder_weights", "max_steps"),  # constraints on the plan's choices
     *(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("planned")),
 )
 PLAN_SKIP = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in PLAN_USES)

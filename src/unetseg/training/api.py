@@ -98,6 +98,14 @@ def train_from_options(values: dict, started: float | None = None) -> TrainResul
         return cross_validation(cfg)
     from unetseg.training.loop import fit
 
+    if chosen and cfg.pilot and cfg.time_budget:
+        from unetseg.training.pilot import run_pilots
+
+        if cfg.out is None:  # the pilots live in the run directory: fix it before they start
+            cfg = dataclasses.replace(cfg, out=str(default_run_dir()))
+        cfg, code = run_pilots(cfg, chosen, started)
+        if code:
+            return TrainResult(Path(cfg.out), None, None, code, "interrupted during the pilot runs")
     result = fit(cfg, resume, started, plan=chosen or None)
     best = result["best_score"]
     return TrainResult(

@@ -43,10 +43,20 @@ MANY_IMAGES = 150
 FEW_EPOCHS = 50
 UPRIGHT_BALANCE = 0.5  # a class this much more often in one half of the image than the other marks an up and down
 UPRIGHT_TILT = 0.5  # or images whose top third is this many standard deviations brighter or darker than the bottom
+# Where the rules are unsure (a resolution traded for epochs, the learning rate of a model trained from scratch),
+# short pilot runs decide: PILOT_SHARE of the budget, split between the candidates, each at least MIN_PILOT_S.
+PILOT_SHARE = 0.2
+MIN_PILOT_S = 40.0
+PILOT_SCALE_STEP = 1.5  # the pilot's higher resolution: 1.5x the planned one (0.5 -> 0.75)
+PILOT_LR_FACTOR = 3.0
+LEARNING_RATES = {"adamw": 1e-3, "adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-5}
 
 
-def _scale(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, fixed: dict) -> tuple[float, str]:
-    """The training resolution: as low as the thinnest common structure, the context and the budget allow."""
+def _scale(
+    data: Dataset, shapes: Shapes, device: str, budget_s: float | None, fixed: dict
+) -> tuple[float, str, float | None]:
+    """The training resolution: as low as the thinnest common structure, the context and the budget allow; and a
+    higher one to try in a pilot where the budget or the objects' size, not a limit, set it (None: none)."""
     names = data.class_map.names
     main = [(c.thickness, n) for c, n in zip(shapes.classes, names) if c.share >= DETAIL_SHARE and c.thickness]
     thinnest, which = min(main) if main else (float("inf"), "")
@@ -65,12 +75,19 @@ def _scale(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, f
         speed = math.sqrt(_epochs(device, budget_s, len(data.train), shapes.pixels) / TARGET_EPOCHS)
         reasons.append(f"{TARGET_EPOCHS} epochs in the budget need {speed:.2f}")
     # Lower for large objects or for the budget, but never below what thin structures and context need.
-    scale = min(1.0, max(detail, side, min(context, speed)))
-    scale = 1.0 if scale > 0.875 else max(0.125, round(scale * 8) / 8)
+    floor = max(detail, side)
+    scale = _rounded(min(1.0, max(floor, min(context, speed))))
     why = ", ".join(reasons)
     if fixed.get("patch_size") and scale < 1:
-        return 1.0, f"--patch-size given: crops at the images' own resolution ({why})"
-    return scale, (f"{why}: train at {scale:g} of the size" if scale < 1 else f"{why}: full resolution")
+        return 1.0, f"--patch-size given: crops at the images' own resolution ({why})", None
+    # A trade of resolution for context or for epochs is a judgement, not a limit: a pilot tries a step higher.
+    higher = _rounded(min(1.0, scale * PILOT_SCALE_STEP)) if scale < 1 and floor < min(context, speed) else None
+    return scale, (f"{why}: train at {scale:g} of the size" if scale < 1 else f"{why}: full resolution"), higher
+
+
+def _rounded(scale: float) -> float:
+    """Scales in eighths; 1.0 above 7/8, where a resize would save little and blur the masks."""
+    return 1.0 if scale > 0.875 else max(0.125, round(scale * 8) / 8)
 
 
 def _object_thickness(data: Dataset, shapes: Shapes) -> float:
@@ -167,36 +184,104 @@ def _batch(device: torch.device, pixels: int, width: int) -> tuple[int, str]:
     return batch, f"{free / 2**30:.0f} GiB free, about {per_image / 2**30:.2f} GiB per image: batch {batch}"
 
 
+def _learning_rate(fixed: dict) -> tuple[float, str, float | None]:
+    """The optimizer's usual peak rate, and a higher one for a pilot where the model learns from scratch."""
+    optimizer = fixed.get("optimizer", "adamw")
+    lr = LEARNING_RATES[optimizer]
+    pretrained = fixed.get("encoder_weights", "none") != "none" or fixed.get("load")
+    why = f"{lr:g} is {optimizer}'s usual peak rate for a U-Net"
+    if pretrained or optimizer not in ("adamw", "adam"):
+        return lr, why + (" (the weights start trained: no higher rate tried)" if pretrained else ""), None
+    return lr, why + f"; from scratch {PILOT_LR_FACTOR:g}x may converge faster in a short run", lr * PILOT_LR_FACTOR
+
+
+def pilot_seconds(budget_s: float, candidates: int) -> float:
+    """Each pilot's share of the budget: PILOT_SHARE of it split between the candidates."""
+    return PILOT_SHARE * budget_s / max(candidates, 1)
+
+
+def _pilots(budget_s: float | None, alternatives: list[str], fixed: dict, has_val: bool) -> tuple[str, str]:
+    """The candidates for pilot runs, ``planned | opt=value ... | ...``, or ``none``; and why."""
+    if not alternatives:
+        return "none", "the rules leave no choice open"
+    if not budget_s or fixed.get("max_steps") or not has_val or not fixed.get("pilot", True):
+        return "none", (
+            "--no-pilot given"
+            if not fixed.get("pilot", True)
+            else "pilots need a time budget to share and a validation split to score on"
+        )
+    while alternatives and pilot_seconds(budget_s, len(alternatives) + 1) < MIN_PILOT_S:
+        alternatives = alternatives[:-1]  # the last alternative is the least likely to win
+    if not alternatives:
+        return "none", f"{PILOT_SHARE:.0%} of the budget leaves under {MIN_PILOT_S} s per pilot: the plan is kept"
+    count = len(alternatives) + 1
+    return " | ".join(["planned", *alternatives]), (
+        f"{count} pilots of {pilot_seconds(budget_s, count):.0f} s ({PILOT_SHARE:.0%} of the budget), scored on "
+        "the validation split; the winner continues from its weights for the rest of the budget"
+    )
+
+
+def _resolution(
+    data: Dataset, device: torch.device, budget_s: float | None, fixed: dict, scale: float, width: int
+) -> list[tuple[str, object, str]]:
+    """The choices that follow from the training resolution: crops, batch, augmentation, validation schedule."""
+    gpu = device.type == "cuda"
+    rows: list[tuple[str, object, str]] = []
+    # The data arrive at the user's scale when one was given, at full resolution otherwise.
+    at = 1.0 if "scale" in fixed else scale
+    patch, why = _patch(data, gpu, at)
+    rows.append(("patch_size", patch, why))
+    patch = fixed.get("patch_size", patch)
+    shape = (patch, patch) if patch else scaled_size(*data.train[0].image.shape[:2], at)
+    batch, why = _batch(device, shape[0] * shape[1], width)
+    rows.append(("batch_size", batch, why))
+    batch = fixed.get("batch_size", batch)
+    augment, why = _augment(data, "cuda" if gpu else "cpu", budget_s, shape[0] * shape[1])
+    rows.append(("augment", augment, why))
+    rounds, every, why = _validation(data, batch, shape, gpu, at)
+    if every > 1 and fixed.get("epochs") and not budget_s and "val_every" not in fixed:
+        # A run of a few fixed epochs must report a score each epoch; "one every N epochs" could leave one round.
+        every, why = 1, f"validate after every epoch: --epochs {fixed['epochs']} given without a time budget"
+    rows.append(("val_rounds", rounds, why))
+    rows.append(("val_every", every, "validate after every epoch" if every == 1 else why))
+    if budget_s:
+        steps_per_epoch = max(1, len(data.train) // batch)
+        rows.append(
+            (
+                "epochs",
+                UNTIL_BUDGET,
+                f"until the {budget_s:.0f} s budget ends the run (the schedule follows the clock), "
+                f"epochs of {steps_per_epoch} steps",
+            )
+        )
+    return rows
+
+
 def make_plan(
     data: Dataset, device: torch.device, time_budget_s: float | None = None, fixed: dict | None = None
 ) -> list[tuple[str, object, str]]:
     """(option, value, reason) for each planned choice.
 
     ``fixed`` holds the options the user gave (name -> value); the plan adapts to them where a choice depends on
-    them (e.g. --epochs without a time budget asks for a score after every epoch).
+    them (e.g. --epochs without a time budget asks for a score after every epoch). Where the rules are unsure, the
+    ``pilots`` row names the alternatives that short pilot runs try (``unetseg train`` runs them).
     """
     fixed = fixed or {}
     gpu = device.type == "cuda"
     plan: list[tuple[str, object, str]] = []
     shapes = measure(data.train, data.class_map.num_classes)
     # The user's own scale, patch size, width and batch are constraints: what depends on them is planned for them.
-    # The data arrive at the user's scale when one was given, at full resolution otherwise.
-    scale, why = _scale(data, shapes, "cuda" if gpu else "cpu", time_budget_s, fixed)
+    scale, why, higher = _scale(data, shapes, "cuda" if gpu else "cpu", time_budget_s, fixed)
     plan.append(("scale", scale, why))
     flips, why = _flips(data, shapes)
     plan.append(("flips", flips, why))
-    patch, why = _patch(data, gpu, 1.0 if "scale" in fixed else scale)
-    plan.append(("patch_size", patch, why))
-    patch = fixed.get("patch_size", patch)
     width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
     width = fixed.get("width", width)
-    shape = (patch, patch) if patch else scaled_size(*data.train[0].image.shape[:2], 1.0 if "scale" in fixed else scale)
-    batch, why = _batch(device, shape[0] * shape[1], width)
-    plan.append(("batch_size", batch, why))
-    batch = fixed.get("batch_size", batch)
-    augment, why = _augment(data, "cuda" if gpu else "cpu", time_budget_s, shape[0] * shape[1])
-    plan.append(("augment", augment, why))
+    lr, why, faster = _learning_rate(fixed)
+    plan.append(("learning_rate", lr, why))
+    resolution = _resolution(data, device, time_budget_s, fixed, scale, width)
+    plan += resolution
     freq = class_frequencies(data.train, data.class_map.num_classes)
     rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
     weights = "auto" if rare else "none"
@@ -215,20 +300,16 @@ def make_plan(
             f"values / {top:g} (the data's range), then mean {data.norm['mean']} and std {data.norm['std']}",
         )
     )
-    rounds, every, why = _validation(data, batch, shape, gpu, 1.0 if "scale" in fixed else scale)
-    if every > 1 and fixed.get("epochs") and not time_budget_s and "val_every" not in fixed:
-        # A run of a few fixed epochs must report a score each epoch; "one every N epochs" could leave one round.
-        every, why = 1, f"validate after every epoch: --epochs {fixed['epochs']} given without a time budget"
-    plan.append(("val_rounds", rounds, why))
-    plan.append(("val_every", every, "validate after every epoch" if every == 1 else why))
-    if time_budget_s:
-        steps_per_epoch = max(1, len(data.train) // batch)
-        plan.append(
-            (
-                "epochs",
-                UNTIL_BUDGET,
-                f"until the {time_budget_s:.0f} s budget ends the run (the schedule follows the clock), "
-                f"epochs of {steps_per_epoch} steps",
-            )
-        )
+    alternatives = []
+    if higher and "scale" not in fixed:
+        # The higher resolution with what follows from it (crops, augmentation, validation), where not given.
+        follows = _resolution(data, device, time_budget_s, fixed, higher, width)
+        changed = {"scale": higher} | {
+            n: v for (n, v, _), (_, old, _) in zip(follows, resolution) if v != old and n not in fixed
+        }
+        alternatives.append(" ".join(f"{n}={v}" for n, v in changed.items()))
+    if faster and "learning_rate" not in fixed:
+        alternatives.append(f"learning_rate={faster:g}")
+    pilots, why = _pilots(time_budget_s, alternatives, fixed, bool(data.val))
+    plan.append(("pilots", pilots, why))
     return plan

@@ -21,7 +21,7 @@ from unetseg.errors import UserError
 LOCK_NAME = ".lock"
 # What a run writes at the top of its directory (--overwrite deletes these, and checkpoints/*.pt).
 RUN_FILES = ("config.yaml", "metrics.csv", "train.log")
-RUN_FOLDERS = ("plots", "tensorboard", "wandb")
+RUN_FOLDERS = ("plots", "tensorboard", "wandb", "pilots")
 TEMP_FOLDERS = (".", "checkpoints", "plots")  # where atomic writes happen
 
 
@@ -74,7 +74,7 @@ def open_run_dir(path: Path, resuming: bool, overwrite: bool) -> tuple[RunLock, 
     """
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path}: this is a file, not a directory; choose another --out")
-    if path.exists() and any(path.iterdir()) and not (resuming or overwrite):
+    if path.exists() and not (resuming or overwrite) and any(not empty_start(p) for p in path.iterdir()):
         raise UserError(
             f"--out {path}: run directory exists and is not empty; pass --resume {path} to continue it, "
             "--overwrite to start a fresh run in it (the old run's checkpoints, metrics and logs are deleted), "
@@ -94,6 +94,13 @@ def open_run_dir(path: Path, resuming: bool, overwrite: bool) -> tuple[RunLock, 
     if stale:
         notes.append(f"removed {len(stale)} temporary file(s) left by an interrupted write: {stale[0].name}, ...")
     return lock, notes
+
+
+def empty_start(entry: Path) -> bool:
+    """What a start that trained nothing yet leaves: the lock, an empty checkpoints/, this run's own pilots/."""
+    if entry.name == "checkpoints" and entry.is_dir():
+        return not any(entry.iterdir())
+    return entry.name in (LOCK_NAME, "pilots")
 
 
 def clear_previous_run(path: Path) -> list[str]:

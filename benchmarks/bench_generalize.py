@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-IGNORE = 255
+IGNORE = 255  # the naive recipe's ignore index (CrossEntropyLoss); class indices stay below it
 
 
 @dataclass
@@ -104,10 +104,14 @@ def make_splits(suite: Suite, root: Path, work: Path) -> tuple[Path, Path | None
 
 
 def class_values(folder: Path) -> list[int]:
+    """The mask values that are classes: all but the classes file's ``ignore`` value (binary 0/255 masks have none,
+    and 255 is their foreground)."""
     values: set[int] = set()
     for _, mask in pairs(folder):
         values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
-    return sorted(values - {IGNORE})
+    classes = folder / "classes.yaml"
+    ignore = (yaml.safe_load(classes.read_text()) or {}).get("ignore") if classes.exists() else None
+    return sorted(values - {ignore})
 
 
 def load(folder: Path, values: list[int], size: tuple[int, int] | None) -> tuple[list, list]:

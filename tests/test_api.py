@@ -14,6 +14,7 @@ import unetseg
 from conftest import make_dataset
 from unetseg.cli import main, make_parser
 from unetseg.errors import UserError
+from unetseg.evaluation.api import Report
 from unetseg.training import api
 
 FAST = {"epochs": 1, "width": 8, "workers": 1, "quiet": True, "batch_size": 2}
@@ -39,8 +40,14 @@ def test_evaluate_returns_the_report_the_command_writes(tmp_path):
     report = unetseg.evaluate(best, data)
     assert main(["evaluate", "-m", str(best), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
     written = json.loads((tmp_path / "e.json").read_text())
-    assert report["images"] == written["images"] == 4
-    assert report["dice_fg"] == pytest.approx(written["dice_fg"], abs=1e-12)
+    assert isinstance(report, Report) and report.images == report["images"] == written["images"] == 4
+    assert report.dice_fg == pytest.approx(written["dice_fg"], abs=1e-12)
+    assert report.headline["name"] == written["headline"]["name"] == "dice_fg"
+    assert [c["name"] for c in report.classes] == [c["name"] for c in written["classes"]]
+    assert report.confusion == written["confusion"] and report.worst == written["worst"]
+    assert set(report.to_dict()) == set(written)  # every field of the --json file, and nothing else
+    with pytest.raises(KeyError):
+        report["no_such_field"]
 
 
 def test_bad_options_raise_a_user_error(tmp_path):

@@ -19,7 +19,8 @@ from PIL import Image
 from conftest import draw_pair, make_dataset
 from unetseg.cli import main
 from unetseg.config import ExportConfig, build
-from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint
+from unetseg.core.checkpoint import build_model, load_checkpoint
+from unetseg.core.checkpoint import make_checkpoint as checkpoint_dict
 from unetseg.core.device import normalize
 from unetseg.data.classmap import ClassMap
 from unetseg.models import model_spec
@@ -67,18 +68,8 @@ def make_checkpoint(
         torch.save(model.state_dict() | {"mask_values": list(values)}, path)
         return path
     names = ["background", "cell", "edge"][: len(values)]
-    checkpoint = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": "unetseg",
-        "model": model_spec(model),
-        "state_dict": model.state_dict(),
-        "channels": channels,
-        "norm": norm,
-        "class_map": ClassMap(values=list(values), names=names).to_dict(),
-        "scale": scale,
-        "config": {},
-    }
+    class_map = ClassMap(values=list(values), names=names).to_dict()
+    checkpoint = checkpoint_dict(model_spec(model), model.state_dict(), channels, norm, class_map, scale)
     torch.save(checkpoint, path)
     return path
 

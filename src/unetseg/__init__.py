@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from unetseg.evaluation.api import Report
     from unetseg.training.api import TrainResult
 
 __version__ = "0.1.0"
@@ -22,18 +23,19 @@ def train(data: str | Path | None = None, **options: Any) -> TrainResult:
     return _train(data, **options)
 
 
-def evaluate(model: str | Path, data: str | Path | None = None, **options: Any) -> dict:
-    """Score a checkpoint on a dataset as ``unetseg evaluate`` does; returns the report that ``--json`` writes.
+def evaluate(model: str | Path, data: str | Path | None = None, **options: Any) -> Report:
+    """Score a checkpoint on a dataset as ``unetseg evaluate`` does; returns the report that ``--json`` writes, as
+    a typed :class:`~unetseg.evaluation.api.Report`.
 
-    ``unetseg.evaluate("run/checkpoints/best.pt", "DIR")["dice_fg"]``; options as the command's
+    ``unetseg.evaluate("run/checkpoints/best.pt", "DIR").dice_fg``; options as the command's
     (``images=..., masks=..., out=..., boundary=True``).
     """
     from unetseg.config import EvaluateConfig, build
-    from unetseg.evaluation.api import evaluate_checkpoint
+    from unetseg.evaluation.api import Report, evaluate_checkpoint
 
     values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
     values |= {"model_path": str(model)} | ({"data": str(data)} if data is not None else {})
-    return evaluate_checkpoint(build(EvaluateConfig, values))
+    return Report.from_dict(evaluate_checkpoint(build(EvaluateConfig, values)))
 
 
 def load(path: str, device: str = "auto", amp: bool = False):  # noqa: ANN201 - a Segmenter or an OnnxSegmenter

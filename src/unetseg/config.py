@@ -2,7 +2,7 @@
 
 The command line and ``--config FILE`` (YAML) fill these dataclasses; the command line wins over the file. Every
 value, from any source, passes the checks in :mod:`unetseg.options` when a config is constructed. The data and
-training options live in :mod:`unetseg.train_config` and are re-exported here.
+training options live in :mod:`unetseg.data_config` and :mod:`unetseg.train_config`, re-exported here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from unetseg.data_config import SCALE, DataConfig, DatasetConfig, SourceConfig
 from unetseg.errors import UserError
 from unetseg.options import BIG, Checked, check_names, check_suffix, check_value, from_text, option, parse_duration
 from unetseg.train_config import (
@@ -24,11 +25,7 @@ from unetseg.train_config import (
     PLAN_SKIP,
     PLAN_USES,
     PRECISIONS,
-    SCALE,
     WORKERS,
-    DataConfig,
-    DatasetConfig,
-    SourceConfig,
     TrainConfig,
 )
 

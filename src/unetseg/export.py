@@ -32,6 +32,7 @@ from unetseg.config import ExportConfig
 from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.core.device import to_unit
+from unetseg.core.meta import Norm
 from unetseg.errors import UserError
 from unetseg.predict.onnx import EXPORT_FORMAT, EXPORT_VERSION, MIN_SIZE, require
 
@@ -46,7 +47,7 @@ EXTRA_FILE = "unetseg.json"
 class Deployable(nn.Module):
     """The U-Net with its input conversion and normalisation folded in: pixels ``(B, H, W, C)`` -> logits."""
 
-    def __init__(self, model: nn.Module, norm: dict, with_argmax: bool = False) -> None:
+    def __init__(self, model: nn.Module, norm: Norm, with_argmax: bool = False) -> None:
         super().__init__()
         self.model = model
         self.scale = float(norm["scale"])

@@ -1,4 +1,4 @@
-"""The options of ``unetseg train`` and ``unetseg plan``, and the dataset options other commands share.
+"""The options of ``unetseg train`` and ``unetseg plan`` (the dataset options are in :mod:`unetseg.data_config`).
 
 Re-exported by :mod:`unetseg.config`; every value passes the checks in :mod:`unetseg.options` on construction.
 """
@@ -9,10 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from unetseg.core.meta import MODEL_HELP, check_model_name
+from unetseg.data_config import SCALE, DataConfig
 from unetseg.errors import UserError
 from unetseg.options import (
     BIG,
-    Checked,
     check_class_weights,
     check_duration,
     check_names_list,
@@ -23,96 +23,8 @@ LOG_FORMATS = ("text", "json")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_TILE = 16  # the U-Net halves its input 4 times
 MAX_SIZE = 4096  # patch sizes above this exhaust any GPU's memory at batch 1; tile the images instead
-MAX_CLASSES = 255  # mask values are 8-bit and 255 means "ignore"
-SCALE = {"low": 0, "low_open": True, "high": 16}
 WORKERS = {"low": 1, "high": 256}
 BATCH = {"low": 1, "high": 4096}
-
-
-@dataclass
-class SourceConfig(Checked):
-    """Where the images and masks are."""
-
-    data: str | None = option(
-        None,
-        "dataset folder holding imgs/ (or images/) and masks/ (or labels/)",
-        group="data",
-        shown="the bundled nuclei sample (train, plan, doctor)",
-    )
-    images: str | None = option(None, "image folder (with --masks), instead of --data", group="data")
-    masks: str | None = option(None, "mask folder (with --images), instead of --data", group="data")
-    resize_to_mask: bool = option(
-        False,
-        "resize images whose size differs from their mask's to the mask's size (aspect ratios must agree)",
-        group="data",
-    )
-    cache: bool = option(
-        True,
-        "keep a scan index and the decoded arrays (memory-mapped) so later starts read no image twice; "
-        "--no-cache decodes into memory and writes nothing",
-        group="data",
-    )
-    cache_dir: str | None = option(
-        None,
-        "folder for the index and decoded cache",
-        group="data",
-        shown="DIR/.unetseg, or ~/.cache/unetseg when DIR is read-only",
-    )
-
-    def check_together(self) -> None:
-        coco = bool(self.data and self.images and not self.masks)  # --data annotations.json (or .xml) --images DIR
-        if self.data and (self.images or self.masks) and not coco:
-            raise UserError("--data and --images/--masks name the same thing: pass --data DIR, or --images and --masks")
-        if bool(self.images) != bool(self.masks) and not coco:
-            raise UserError("--images and --masks go together: pass both folders, or --data DIR instead")
-
-
-@dataclass
-class DatasetConfig(SourceConfig):
-    """How a dataset's images and masks are read into a training or checked set."""
-
-    val_data: str | None = option(
-        None, "explicit validation dataset folder instead of a random split", group="data", shown="a random split"
-    )
-    scale: float = option(
-        1.0,
-        "downscaling factor of the images (bicubic) and masks (nearest), as Pytorch-UNet",
-        "-s",
-        group="data",
-        **SCALE,
-    )
-    classes: int | None = option(
-        None,
-        "number of classes (1 = binary with one sigmoid output)",
-        "-c",
-        group="data",
-        low=1,
-        high=MAX_CLASSES,
-        shown="the number of mask values found",
-    )
-    channels: int | None = option(None, "input channels", choices=(1, 3, 4), group="data", shown="from the images")
-    classes_file: str | None = option(
-        None,
-        "YAML file naming each class's mask value or colour, and an optional ignore value",
-        group="data",
-        shown="classes.yaml in the dataset folder when there is one",
-    )
-
-
-@dataclass
-class DataConfig(DatasetConfig):
-    """A dataset and its train/validation split."""
-
-    validation: float = option(
-        10.0,
-        "percent of the data used for validation (deterministic given --seed)",
-        "-v",
-        group="data",
-        low=0,
-        high=100,
-        high_open=True,
-        unit="a percent",
-    )
 
 
 @dataclass
@@ -154,6 +66,7 @@ class TrainConfig(DataConfig):
         "model architecture: " + "; ".join(f"{name} ({text})" for name, text in MODEL_HELP.items()),
         group="model",
         check=lambda name, value: check_model_name(value),
+        planned=True,
     )
     encoder_weights: str = option(
         "none",
@@ -228,6 +141,16 @@ class TrainConfig(DataConfig):
         low_open=True,
         high=10,
         hint="e.g. 1e-3",
+    )
+    encoder_lr_scale: float = option(
+        1.0,
+        "learning rate of a unet-resnet* encoder as a share of --learning-rate (planned: 0.1 with pretrained "
+        "--encoder-weights, so that a random decoder's first large gradients do not wreck the learnt features)",
+        group="optimisation",
+        planned=True,
+        low=0,
+        low_open=True,
+        high=1,
     )
     optimizer: str = option(
         "adamw",
@@ -436,7 +359,7 @@ class TrainConfig(DataConfig):
 PLAN_USES = (
     *(f.name for f in dataclasses.fields(DataConfig)),
     *("config", "seed", "device", "workers", "time_budget", "folds", "fold"),
-    *("pilot", "optimizer", "load", "model", "encoder_weights", "max_steps"),  # constraints on the plan's choices
+    *("pilot", "optimizer", "load", "model", "encoder_weights", "max_steps"),  # constraints on the plan
     *(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("planned")),
 )
 PLAN_SKIP = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in PLAN_USES)

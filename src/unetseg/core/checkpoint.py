@@ -20,6 +20,7 @@ from unetseg.core.atomic import write_atomic
 from unetseg.core.meta import (
     DAMAGED,
     UNET_LIMITS,
+    Norm,
     as_dict,
     as_int,
     check_class_map,
@@ -148,25 +149,23 @@ def _from_pytorch_unet(state: dict, path: object) -> dict:
         mask_values = mask_values.tolist()
     if mask_values is None:
         mask_values = [0, 1] if n_classes == 1 else list(range(n_classes))
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": "pytorch-unet",
-        "model": {
-            "name": "unet",
-            "n_channels": channels,
-            "n_classes": n_classes,
-            "bilinear": "up1.up.weight" not in state,
-            "width": inc.shape[0],
-        },
-        "state_dict": state,
-        "channels": channels,
-        # Pytorch-UNet divides by 255 (when any value exceeds 1) and does not centre.
-        "norm": {"scale": 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
-        "class_map": {"values": check_mask_values(mask_values, path, "mask_values", n_classes)},
-        "scale": PYTORCH_UNET_SCALE,
-        "config": {},
+    spec = {
+        "name": "unet",
+        "n_channels": channels,
+        "n_classes": n_classes,
+        "bilinear": "up1.up.weight" not in state,
+        "width": inc.shape[0],
     }
+    return make_checkpoint(
+        spec,
+        state,
+        channels,
+        # Pytorch-UNet divides by 255 (when any value exceeds 1) and does not centre.
+        {"scale": 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
+        {"values": check_mask_values(mask_values, path, "mask_values", n_classes)},
+        PYTORCH_UNET_SCALE,
+        source="pytorch-unet",
+    )
 
 
 def check_state_dict(state: object, path: object) -> dict:
@@ -211,20 +210,39 @@ def check_fit(spec: dict, state: dict, source: object, **overrides: object) -> N
         check_weights(create_model(name, **spec, **overrides), state, source, DAMAGED)
 
 
-def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: dict, scale: float = 1.0) -> dict:
-    """A checkpoint for prediction and evaluation only (no training state): for tests, benchmarks, conversions."""
+def make_checkpoint(
+    spec: dict,
+    state_dict: dict,
+    channels: int,
+    norm: Norm,
+    class_map: dict,
+    scale: float = 1.0,
+    config: dict | None = None,
+    source: str = "unetseg",
+    **extra: object,
+) -> dict:
+    """The self-describing checkpoint (DESIGN.md), the one layout every writer uses: the model's name and
+    hyperparameters, its weights, the input channels, normalisation, class map, training scale and configuration;
+    ``extra`` adds e.g. ``score`` or ``train_state``."""
     return {
         "format": FORMAT,
         "version": VERSION,
-        "source": "unetseg",
-        "model": model_spec(model),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "channels": model.n_channels,
+        "source": source,
+        "model": spec,
+        "state_dict": state_dict,
+        "channels": channels,
         "norm": norm,
-        "class_map": class_map.to_dict(),
+        "class_map": class_map,
         "scale": scale,
-        "config": {},
+        "config": config or {},
+        **extra,
     }
+
+
+def inference_checkpoint(model: nn.Module, class_map: ClassMap, norm: Norm, scale: float = 1.0) -> dict:
+    """A checkpoint for prediction and evaluation only (no training state): for tests, benchmarks, conversions."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return make_checkpoint(model_spec(model), weights, model.n_channels, norm, class_map.to_dict(), scale)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -7,6 +7,7 @@ import functools
 
 import torch
 
+from unetseg.core.meta import Norm
 from unetseg.errors import UserError
 
 
@@ -61,7 +62,7 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_unit(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
+def to_unit(images: torch.Tensor, norm: Norm, device: torch.device) -> torch.Tensor:
     """uint8/uint16 ``(B, H, W, C)`` on the host -> float ``(B, C, H, W)`` in [0, 1] on ``device``."""
     if images.dtype == torch.uint16:
         images = images.to(torch.int32)  # few ops accept uint16
@@ -75,13 +76,13 @@ def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.de
     return torch.tensor(mean, device=device).view(shape), torch.tensor(std, device=device).view(shape)
 
 
-def standardize(x: torch.Tensor, norm: dict, channels_last: bool = True) -> torch.Tensor:
+def standardize(x: torch.Tensor, norm: Norm, channels_last: bool = True) -> torch.Tensor:
     """Subtract the training set's per-channel mean and divide by its standard deviation."""
     mean, std = _constants(tuple(norm["mean"]), tuple(norm["std"]), x.device)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-def normalize(images: torch.Tensor, norm: dict, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+def normalize(images: torch.Tensor, norm: Norm, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     """uint8/uint16 ``(B, H, W, C)`` on the host -> normalised float ``(B, C, H, W)`` on ``device``."""
     return standardize(to_unit(images, norm, device), norm, channels_last)

@@ -8,6 +8,7 @@ the ONNX prediction path uses these checks too.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 from unetseg.errors import UserError
 
@@ -16,6 +17,15 @@ from unetseg.errors import UserError
 UNET_LIMITS = {"n_channels": (1, 64), "n_classes": (1, 255), "width": (1, 256)}
 MAX_MASK_VALUE = 65535  # masks are 8- or 16-bit images
 MAX_SCALE = 16.0  # as -s/--scale
+
+
+class Norm(TypedDict):
+    """How pixel values become model input, the one normalisation record every file and function passes around:
+    ``x / scale``, then ``(x - mean) / std`` per channel."""
+
+    scale: float  # the data's range: 255 for 8-bit images, 65535 for 16-bit, 1 for floats in [0, 1]
+    mean: list[float]
+    std: list[float]
 
 
 DAMAGED = "the file is damaged or was edited: use it as unetseg or Pytorch-UNet wrote it, or train (or export) again"
@@ -160,7 +170,7 @@ def spec_io(spec: dict) -> tuple[int, int]:
     return first["n_channels"], first["n_classes"]
 
 
-def check_norm(norm: object, channels: int, where: object, field: str = "norm") -> dict:
+def check_norm(norm: object, channels: int, where: object, field: str = "norm") -> Norm:
     """``{"scale", "mean", "std"}``: a positive finite scale and one finite mean and positive std per channel."""
     norm = as_dict(norm, where, field)
     for key in ("scale", "mean", "std"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetseg.core.meta import Norm
 from unetseg.data.cache import decoded_samples
 from unetseg.data.checks import channel_notes, check_folder, default_channels, inspect_dataset, unknown_values
 from unetseg.data.classmap import ClassMap
@@ -29,7 +30,7 @@ class Dataset:
     train: list[Sample]
     val: list[Sample]
     class_map: ClassMap
-    norm: dict
+    norm: Norm
     channels: int
     root: str
     notes: list[str] = field(default_factory=list)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from unetseg.core.meta import Norm
 from unetseg.data.classmap import ClassMap
 from unetseg.data.folder import Pair
 from unetseg.data.io import read_image, read_mask
@@ -135,7 +136,7 @@ def image_stats(image: np.ndarray) -> dict:
     }
 
 
-def compute_norm(samples: list[Sample]) -> dict:
+def compute_norm(samples: list[Sample]) -> Norm:
     """Per-channel mean/std of the training images after dividing by their value range.
 
     The range is 255 for 8-bit data and the largest value seen for 16-bit data (never 255 for 16 bit).

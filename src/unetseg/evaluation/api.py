@@ -8,6 +8,7 @@ training, so they equal the validation scores in ``metrics.csv`` for the same im
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from unetseg.config import EvaluateConfig
 from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import build_model, load_checkpoint
 from unetseg.core.device import choose_dtype, resolve_device
+from unetseg.core.meta import Norm
 from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import evaluation_samples
 from unetseg.errors import UserError
@@ -33,6 +35,43 @@ from unetseg.evaluation.report import (
     write_per_image_csv,
 )
 from unetseg.evaluation.scoring import evaluate
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``unetseg.evaluate`` returns: the fields of the report ``unetseg evaluate --json`` writes, typed.
+
+    ``report.miou`` and ``report["miou"]`` read the same value; :meth:`to_dict` is the ``--json`` layout (NaN kept).
+    """
+
+    checkpoint: str
+    data: str
+    scale: float
+    images: int  # how many images were scored
+    headline: dict  # name, label, value, kind (foreground or all) and reason of the score the model is judged by
+    classes: list[dict]  # per class: name, value, dice, iou, precision, recall, pixel counts, image means
+    miou: float  # mean IoU over every class
+    dice_mean: float  # mean Dice over every class
+    dice_fg: float  # mean Dice over classes 1..K-1
+    iou_fg: float
+    image_dice_fg_mean: float  # the foreground Dice averaged over images (each image weighs the same)
+    macro: dict  # means over images of the per-image foreground scores
+    micro: dict  # scores of all pixels pooled
+    per_image: list[dict]
+    confusion: list[list[int]]  # rows truth, columns prediction, in class order
+    worst: list[str]  # the lowest-scoring images, worst first
+
+    @classmethod
+    def from_dict(cls, report: dict) -> Report:
+        return cls(**{f.name: report[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, key: str) -> object:
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
@@ -90,7 +129,7 @@ def write_html_report(
     report: dict,
     model: torch.nn.Module,
     samples: list,
-    norm: dict,
+    norm: Norm,
     class_map: ClassMap,
     device: torch.device,
     cfg: EvaluateConfig,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg.core.device import autocast, normalize
+from unetseg.core.meta import Norm
 from unetseg.data.samples import resize_image
 from unetseg.evaluation.metrics import predict_classes
 
@@ -16,7 +17,7 @@ from unetseg.evaluation.metrics import predict_classes
 def predict_panels(
     model: nn.Module,
     samples: list,
-    norm: dict,
+    norm: Norm,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,

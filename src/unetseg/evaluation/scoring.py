@@ -11,6 +11,7 @@ from torch import nn
 
 from unetseg.core.device import autocast, normalize
 from unetseg.core.distributed import DistInfo, all_reduce_sum, gather_lists
+from unetseg.core.meta import Norm
 from unetseg.data.samples import Sample, eval_batches
 from unetseg.evaluation.metrics import (
     class_scores,
@@ -26,7 +27,7 @@ from unetseg.evaluation.metrics import (
 def evaluate(
     model: nn.Module,
     samples: list[Sample],
-    norm: dict,
+    norm: Norm,
     num_classes: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unetseg.core.meta import Norm
+
 
 class Ensemble(nn.Module):
     """Members trained on different folds. Input is normalised with ``norm``; each member gets its own normalisation.
@@ -13,7 +15,7 @@ class Ensemble(nn.Module):
     thresholds and metrics treat it as the ensemble's probabilities.
     """
 
-    def __init__(self, members: list[dict], norms: list[dict], norm: dict) -> None:
+    def __init__(self, members: list[dict], norms: list[Norm], norm: Norm) -> None:
         super().__init__()
         from unetseg.models import create_model  # the registry imports this module
 

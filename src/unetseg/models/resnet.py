@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unetseg.core.meta import Norm
+
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -131,7 +133,7 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight[:, index] * (3 / in_channels)
 
 
-def imagenet_norm(channels: int, scale: float) -> dict:
+def imagenet_norm(channels: int, scale: float) -> Norm:
     """ImageNet's mean/std per input channel, matching :func:`adapt_first_conv` (grey: the RGB averages)."""
     if channels == 1:
         return {"scale": scale, "mean": [round(sum(IMAGENET_MEAN) / 3, 6)], "std": [round(sum(IMAGENET_STD) / 3, 6)]}

@@ -11,7 +11,7 @@ import torch
 
 from unetseg.config import TrainConfig
 from unetseg.core.atomic import write_atomic
-from unetseg.core.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_atomic
+from unetseg.core.checkpoint import build_model, load_checkpoint, make_checkpoint, save_atomic
 from unetseg.core.device import choose_dtype, resolve_device
 from unetseg.data.classmap import ClassMap
 from unetseg.data.prepare import prepare_for
@@ -51,24 +51,23 @@ def write_ensemble(root: Path, folds: int) -> Path:
     members = [load_checkpoint(fold_dir(root, i) / "checkpoints" / "best.pt") for i in range(folds)]
     first = members[0]
     state = {f"members.{i}.{k}": v for i, m in enumerate(members) for k, v in m["state_dict"].items()}
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": "unetseg-ensemble",
-        "model": {
-            "name": "ensemble",
-            "members": [m["model"] for m in members],
-            "norms": [m["norm"] for m in members],
-            "norm": first["norm"],
-        },
-        "state_dict": state,
-        "channels": first["channels"],
+    spec = {
+        "name": "ensemble",
+        "members": [m["model"] for m in members],
+        "norms": [m["norm"] for m in members],
         "norm": first["norm"],
-        "class_map": first["class_map"],
-        "scale": first["scale"],
-        "config": first["config"],
-        "score": checkpoint_choice(first, ClassMap.from_dict(first["class_map"])).record(math.nan, -1),
     }
+    ckpt = make_checkpoint(
+        spec,
+        state,
+        first["channels"],
+        first["norm"],
+        first["class_map"],
+        first["scale"],
+        first["config"],
+        source="unetseg-ensemble",
+        score=checkpoint_choice(first, ClassMap.from_dict(first["class_map"])).record(math.nan, -1),
+    )
     path = root / "ensemble.pt"
     save_atomic(ckpt, path)
     return path

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unetseg.config import TrainConfig, to_dict
-from unetseg.core.checkpoint import FORMAT, VERSION, CheckpointWriter, load_checkpoint, load_weights
+from unetseg.core.checkpoint import CheckpointWriter, load_checkpoint, load_weights, make_checkpoint
 from unetseg.core.distributed import DistInfo
 from unetseg.data.augment import AugmentSpec
 from unetseg.data.prepare import Dataset
@@ -128,19 +128,16 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     """The self-describing checkpoint (see DESIGN.md); weights are the EMA's when it is on."""
     model = _detached(run.model.state_dict()) if with_train_state or not run.ema else None
     weights = _detached(run.ema.shadow) if run.ema else model  # without EMA the same tensors: copied, stored once
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": "unetseg",
-        "model": model_spec(run.model),
-        "state_dict": weights,
-        "channels": run.data.channels,
-        "norm": run.data.norm,
-        "class_map": run.data.class_map.to_dict(),
-        "scale": run.cfg.scale,
-        "config": to_dict(run.cfg),
-        "score": choose_score(run.data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
-    }
+    ckpt = make_checkpoint(
+        model_spec(run.model),
+        weights,
+        run.data.channels,
+        run.data.norm,
+        run.data.class_map.to_dict(),
+        run.cfg.scale,
+        to_dict(run.cfg),
+        score=choose_score(run.data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
+    )
     if with_train_state:
         ckpt["train_state"] = {
             "model": model,

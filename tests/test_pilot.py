@@ -40,6 +40,8 @@ def test_options_the_user_gave_are_not_piloted(tmp_path):
     assert given["pilots"][0] == "none"
     assert plan_of(root, budget_s=600, pilot=False)["pilots"] == ("none", "--no-pilot given")
     assert plan_of(root, budget_s=None)["pilots"][0] == "none"  # no budget to share
+    assert plan_of(root, budget_s=600, folds=5)["pilots"][0] == "none"  # each fold trains the plan itself
+    assert plan_of(root, budget_s=600, nproc=2)["pilots"][0] == "none"
     pretrained = plan_of(root, budget_s=600, model="unet-resnet18", encoder_weights="imagenet")
     assert "learning_rate=" not in pretrained["pilots"][0]
 

@@ -87,7 +87,9 @@ def assemble(
     compiled = bool(cfg.compile or (cfg.compile is None and device.type == "cuda"))
     if compiled:
         net = torch.compile(net)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device)
+    optimizer = build_optimizer(
+        cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device, cfg.encoder_lr_scale
+    )
     batches = TrainBatches(
         data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
     )

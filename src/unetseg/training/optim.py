@@ -14,14 +14,21 @@ PLATEAU_FACTOR = 0.1
 
 
 def build_optimizer(
-    name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float, device: torch.device
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    device: torch.device,
+    encoder_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """AdamW, Adam, SGD (Nesterov) or RMSprop.
 
     On GPUs the fused kernels: one launch per step, and the grad scaler's skip flag is read on the device
-    instead of through a host sync. RMSprop has no fused kernel and uses foreach.
+    instead of through a host sync. RMSprop has no fused kernel and uses foreach. With ``encoder_lr_scale`` below 1
+    a model's ``encoder`` gets its own parameter group, whose ``lr_scale`` the schedule multiplies in.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = parameter_groups(model, encoder_lr_scale)
     gpu = device.type == "cuda"
     fast = {"fused": True} if gpu else {}
     if name == "adamw":
@@ -35,6 +42,20 @@ def build_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum, foreach=gpu)
     raise UserError(f"--optimizer {name}: unknown optimizer; known: adamw, adam, sgd, rmsprop")
+
+
+def parameter_groups(model: nn.Module, encoder_lr_scale: float) -> list[dict]:
+    """The trainable parameters: one group, or the rest and the encoder's (at ``encoder_lr_scale``)."""
+    encoder = getattr(model, "encoder", None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if encoder is None or encoder_lr_scale == 1.0:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    inside = {id(p) for p in encoder.parameters()}
+    groups = [  # the full-rate group first: param_groups[0]["lr"] is the rate the logs show
+        {"params": [p for p in trainable if id(p) not in inside], "lr_scale": 1.0},
+        {"params": [p for p in trainable if id(p) in inside], "lr_scale": encoder_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 class Schedule:
@@ -67,7 +88,7 @@ class Schedule:
         """Set the rate for optimizer step ``step`` (0-based) and return it."""
         lr = self.lr_at(step, time_progress)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def observe(self, score: float) -> None:

@@ -50,6 +50,7 @@ MIN_PILOT_S = 40.0
 PILOT_SCALE_STEP = 1.5  # the pilot's higher resolution: 1.5x the planned one (0.5 -> 0.75)
 PILOT_LR_FACTOR = 3.0
 LEARNING_RATES = {"adamw": 1e-3, "adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-5}
+ENCODER_LR_SCALE = 0.1  # a pretrained encoder's rate relative to the decoder's (discriminative fine-tuning)
 
 
 def _scale(
@@ -195,6 +196,27 @@ def _learning_rate(fixed: dict) -> tuple[float, str, float | None]:
     return lr, why + f"; from scratch {PILOT_LR_FACTOR:g}x may converge faster in a short run", lr * PILOT_LR_FACTOR
 
 
+def _model(fixed: dict, gpu: bool) -> tuple[str, str]:
+    """The classic U-Net, unless pretrained encoder weights ask for a ResNet encoder."""
+    if fixed.get("encoder_weights", "none") != "none":
+        return "unet-resnet34", "--encoder-weights given: the ResNet-34 U-Net (smp's default encoder) takes them"
+    if gpu:
+        return "unet", "the classic U-Net (Pytorch-UNet's); the registry's models are not yet compared on a GPU"
+    return "unet", (
+        "the classic U-Net: in a rough measurement on a 2-core CPU it trained 2.4x the images a second of resunet "
+        "and 4.5x those of unet-resnet18 (benchmarks/README.md); a budget on a CPU needs steps"
+    )
+
+
+def _encoder_lr_scale(fixed: dict) -> tuple[float, str]:
+    if fixed.get("encoder_weights", "none") != "none":
+        return ENCODER_LR_SCALE, (
+            f"pretrained encoder: it learns at {ENCODER_LR_SCALE:g}x the rate, so that the random decoder's first "
+            "large gradients do not wreck its features"
+        )
+    return 1.0, "no pretrained encoder: one rate for every layer"
+
+
 def pilot_seconds(budget_s: float, candidates: int) -> float:
     """Each pilot's share of the budget: PILOT_SHARE of it split between the candidates."""
     return PILOT_SHARE * budget_s / max(candidates, 1)
@@ -204,12 +226,12 @@ def _pilots(budget_s: float | None, alternatives: list[str], fixed: dict, has_va
     """The candidates for pilot runs, ``planned | opt=value ... | ...``, or ``none``; and why."""
     if not alternatives:
         return "none", "the rules leave no choice open"
-    if not budget_s or fixed.get("max_steps") or not has_val or not fixed.get("pilot", True):
-        return "none", (
-            "--no-pilot given"
-            if not fixed.get("pilot", True)
-            else "pilots need a time budget to share and a validation split to score on"
-        )
+    if not fixed.get("pilot", True):
+        return "none", "--no-pilot given"
+    if fixed.get("folds") or fixed.get("nproc"):
+        return "none", "cross-validation and multi-process runs train the plan's first choice"
+    if not budget_s or fixed.get("max_steps") or not has_val:
+        return "none", "pilots need a time budget to share and a validation split to score on"
     while alternatives and pilot_seconds(budget_s, len(alternatives) + 1) < MIN_PILOT_S:
         alternatives = alternatives[:-1]  # the last alternative is the least likely to win
     if not alternatives:
@@ -275,11 +297,15 @@ def make_plan(
     plan.append(("scale", scale, why))
     flips, why = _flips(data, shapes)
     plan.append(("flips", flips, why))
+    model, why = _model(fixed, gpu)
+    plan.append(("model", model, why))
     width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
     width = fixed.get("width", width)
     lr, why, faster = _learning_rate(fixed)
     plan.append(("learning_rate", lr, why))
+    scale_lr, why = _encoder_lr_scale(fixed)
+    plan.append(("encoder_lr_scale", scale_lr, why))
     resolution = _resolution(data, device, time_budget_s, fixed, scale, width)
     plan += resolution
     freq = class_frequencies(data.train, data.class_map.num_classes)

@@ -20,7 +20,7 @@ from unetseg.errors import UserError
 
 LOCK_NAME = ".lock"
 # What a run writes at the top of its directory (--overwrite deletes these, and checkpoints/*.pt).
-RUN_FILES = ("config.yaml", "metrics.csv", "train.log")
+RUN_FILES = ("config.yaml", "metrics.csv", "train.log", "report.html")
 RUN_FOLDERS = ("plots", "tensorboard", "wandb", "pilots")
 TEMP_FOLDERS = (".", "checkpoints", "plots")  # where atomic writes happen
 

@@ -68,6 +68,7 @@ def summary(run: Run) -> None:
         f"{f', {cfg.accumulate} batches per step' if cfg.accumulate > 1 else ''}, patch "
         f"{batches.patch[0]}x{batches.patch[1]}, augment {cfg.augment}",
         f"  optimizer   {cfg.optimizer} lr {cfg.learning_rate:g}{' (not scaled with processes)' if world > 1 else ''}"
+        f"{f' (encoder {cfg.encoder_lr_scale:g}x)' if len(run.optimizer.param_groups) > 1 else ''}"
         f", {cfg.scheduler} schedule, {cfg.warmup_steps} warm-up steps, loss {cfg.loss}, clip {cfg.grad_clip:g}"
         f"{f', EMA {cfg.ema}' if cfg.ema else ''}",
         f"  validation  {cfg.val_rounds} round(s) per epoch"

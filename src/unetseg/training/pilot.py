@@ -23,9 +23,7 @@ from unetseg.core.atomic import write_atomic
 from unetseg.data.prepare import prepare_for
 from unetseg.errors import UserError
 from unetseg.training.plan import pilot_seconds
-from unetseg.training.rundir import open_run_dir
-
-PILOTS_DIR = "pilots"
+from unetseg.training.rundir import PILOTS_DIR, open_run_dir
 
 
 @dataclasses.dataclass

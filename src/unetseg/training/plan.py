@@ -185,20 +185,18 @@ def _batch(device: torch.device, pixels: int, width: int) -> tuple[int, str]:
     return batch, f"{free / 2**30:.0f} GiB free, about {per_image / 2**30:.2f} GiB per image: batch {batch}"
 
 
-def _learning_rate(fixed: dict) -> tuple[float, str, float | None]:
+def _learning_rate(optimizer: str, pretrained: bool) -> tuple[float, str, float | None]:
     """The optimizer's usual peak rate, and a higher one for a pilot where the model learns from scratch."""
-    optimizer = fixed.get("optimizer", "adamw")
     lr = LEARNING_RATES[optimizer]
-    pretrained = fixed.get("encoder_weights", "none") != "none" or fixed.get("load")
     why = f"{lr:g} is {optimizer}'s usual peak rate for a U-Net"
     if pretrained or optimizer not in ("adamw", "adam"):
         return lr, why + (" (the weights start trained: no higher rate tried)" if pretrained else ""), None
     return lr, why + f"; from scratch {PILOT_LR_FACTOR:g}x may converge faster in a short run", lr * PILOT_LR_FACTOR
 
 
-def _model(fixed: dict, gpu: bool) -> tuple[str, str]:
+def _model(encoder_weights: bool, gpu: bool) -> tuple[str, str]:
     """The classic U-Net, unless pretrained encoder weights ask for a ResNet encoder."""
-    if fixed.get("encoder_weights", "none") != "none":
+    if encoder_weights:
         return "unet-resnet34", "--encoder-weights given: the ResNet-34 U-Net (smp's default encoder) takes them"
     if gpu:
         return "unet", "the classic U-Net (Pytorch-UNet's); the registry's models are not yet compared on a GPU"
@@ -208,8 +206,8 @@ def _model(fixed: dict, gpu: bool) -> tuple[str, str]:
     )
 
 
-def _encoder_lr_scale(fixed: dict) -> tuple[float, str]:
-    if fixed.get("encoder_weights", "none") != "none":
+def _encoder_lr_scale(encoder_weights: bool) -> tuple[float, str]:
+    if encoder_weights:
         return ENCODER_LR_SCALE, (
             f"pretrained encoder: it learns at {ENCODER_LR_SCALE:g}x the rate, so that the random decoder's first "
             "large gradients do not wreck its features"
@@ -233,7 +231,7 @@ def _pilots(budget_s: float | None, alternatives: list[str], fixed: dict, has_va
     if not budget_s or fixed.get("max_steps") or not has_val:
         return "none", "pilots need a time budget to share and a validation split to score on"
     while alternatives and pilot_seconds(budget_s, len(alternatives) + 1) < MIN_PILOT_S:
-        alternatives = alternatives[:-1]  # the last alternative is the least likely to win
+        alternatives = alternatives[:-1]  # dropped from the end: the resolution's alternative is kept longest
     if not alternatives:
         return "none", f"{PILOT_SHARE:.0%} of the budget leaves under {MIN_PILOT_S} s per pilot: the plan is kept"
     count = len(alternatives) + 1
@@ -297,14 +295,15 @@ def make_plan(
     plan.append(("scale", scale, why))
     flips, why = _flips(data, shapes)
     plan.append(("flips", flips, why))
-    model, why = _model(fixed, gpu)
+    encoder_weights = fixed.get("encoder_weights", "none") != "none"  # a pretrained encoder
+    model, why = _model(encoder_weights, gpu)
     plan.append(("model", model, why))
     width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
     width = fixed.get("width", width)
-    lr, why, faster = _learning_rate(fixed)
+    lr, why, faster = _learning_rate(fixed.get("optimizer", "adamw"), encoder_weights or bool(fixed.get("load")))
     plan.append(("learning_rate", lr, why))
-    scale_lr, why = _encoder_lr_scale(fixed)
+    scale_lr, why = _encoder_lr_scale(encoder_weights)
     plan.append(("encoder_lr_scale", scale_lr, why))
     resolution = _resolution(data, device, time_budget_s, fixed, scale, width)
     plan += resolution

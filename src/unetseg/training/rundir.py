@@ -19,9 +19,10 @@ from unetseg.core.atomic import remove_stale_temporaries, storage_error
 from unetseg.errors import UserError
 
 LOCK_NAME = ".lock"
+PILOTS_DIR = "pilots"  # the run's pilot runs (training/pilot.py), made before the main run starts
 # What a run writes at the top of its directory (--overwrite deletes these, and checkpoints/*.pt).
 RUN_FILES = ("config.yaml", "metrics.csv", "train.log", "report.html")
-RUN_FOLDERS = ("plots", "tensorboard", "wandb", "pilots")
+RUN_FOLDERS = ("plots", "tensorboard", "wandb", PILOTS_DIR)
 TEMP_FOLDERS = (".", "checkpoints", "plots")  # where atomic writes happen
 
 
@@ -100,7 +101,7 @@ def empty_start(entry: Path) -> bool:
     """What a start that trained nothing yet leaves: the lock, an empty checkpoints/, this run's own pilots/."""
     if entry.name == "checkpoints" and entry.is_dir():
         return not any(entry.iterdir())
-    return entry.name in (LOCK_NAME, "pilots")
+    return entry.name in (LOCK_NAME, PILOTS_DIR)
 
 
 def clear_previous_run(path: Path) -> list[str]:

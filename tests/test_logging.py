@@ -336,3 +336,23 @@ def test_only_rank_0_logs_under_two_processes(tmp_path, wandb_env):
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     assert len(read_rows(run)) == 1 and (run / "train.log").read_text().count("val dice_fg") == 1
+
+
+def test_img_s_counts_training_time_not_the_validation_round(tmp_path, monkeypatch):
+    """A validation round that takes 3 s must not enter the img/s of the window it closes."""
+    from unetseg.training import loop
+
+    validate = loop.validate
+
+    def slow_validate(run):
+        time.sleep(3.0)
+        return validate(run)
+
+    monkeypatch.setattr(loop, "validate", slow_validate)
+    data = make_dataset(tmp_path / "data", count=12, size=(32, 32), values=(0, 255))
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "-v", "25", "-e", "1", "--quiet"]
+    assert main([*args, "--width", "4", "-b", "4", "--workers", "1", "--val-rounds", "1"]) == 0
+    (row,) = [r for r in read_rows(run) if r["img_s"]]
+    # 8 training images in well under a second of training: with the 3 s round counted, it would read under 8/3
+    assert float(row["img_s"]) > 8 / 3

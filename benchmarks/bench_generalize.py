@@ -3,6 +3,7 @@
     python benchmarks/bench_generalize.py                  # the whole suite (about 45 min per recipe on 2 cores)
     python benchmarks/bench_generalize.py --only cwfid     # one dataset
     python benchmarks/bench_generalize.py --smoke          # tiny synthetic data, seconds (the test suite runs it)
+    python benchmarks/bench_generalize.py --only crackforest --no-naive --train-args "--scale 0.5"   # a variation
 
 For each dataset: `unetseg train --data TRAIN --time-budget T` with nothing else (plus --val-data where the dataset
 has an official validation split), then `unetseg evaluate` of best.pt on the held-out split; and the naive recipe
@@ -18,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,8 +212,11 @@ def unetseg(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unetseg", *args], capture_output=True, text=True)
 
 
-def unetseg_run(train_dir: Path, val_dir: Path | None, test_dir: Path, out: Path, seconds: float) -> dict:
+def unetseg_run(
+    train_dir: Path, val_dir: Path | None, test_dir: Path, out: Path, seconds: float, extra: list[str]
+) -> dict:
     args = ["train", "--data", str(train_dir), "--time-budget", f"{seconds:.0f}s", "--out", str(out), "--quiet"]
+    args += extra  # --train-args: a variation of the defaults to measure against them
     started = time.monotonic()
     result = unetseg(*args, *(["--val-data", str(val_dir)] if val_dir else []))
     wall = time.monotonic() - started
@@ -263,20 +268,23 @@ def headline(cm: np.ndarray, values: list[int], score: str) -> float:
     return float(np.nanmean(dice[1:]))
 
 
-def run_one(suite: Suite, root: Path, work: Path, scale: float) -> dict:
+def run_one(suite: Suite, root: Path, work: Path, scale: float, extra: list[str], naive: bool = True) -> dict:
     train_dir, val_dir, test_dir, note = make_splits(suite, root, work)
     values = class_values(train_dir)
     seconds = suite.minutes * 60 * scale
     load_before = os.getloadavg()[0]
-    model, epochs = naive_train(train_dir, values, suite.naive_size, seconds)
-    naive_cm = naive_confusion(model, test_dir, values, suite.naive_size)
-    ours = unetseg_run(train_dir, val_dir, test_dir, work / "run", seconds)
+    naive_score, epochs = float("nan"), 0
+    if naive:
+        model, epochs = naive_train(train_dir, values, suite.naive_size, seconds)
+        naive_score = headline(naive_confusion(model, test_dir, values, suite.naive_size), values, suite.score)
+    ours = unetseg_run(train_dir, val_dir, test_dir, work / "run", seconds, extra)
     shares = np.bincount(np.concatenate([m.flatten() for m in load(test_dir, values, None)[1]]), minlength=256)
     iou, _ = per_class(ours["confusion"])
     return {
         "dataset": suite.name,
         "budget_s": seconds,
-        "naive": headline(naive_cm, values, suite.score),
+        "naive": naive_score,
+        "train_args": " ".join(extra),
         "naive_epochs": epochs,
         "unetseg": headline(ours["confusion"], ours["values"], suite.score),
         "unetseg_wall_s": ours["wall"],
@@ -318,17 +326,19 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ious = " ".join(f"{v}:{i:.2f}" for v, i in r["iou"].items())
-        ratio = r["unetseg"] / r["naive"] if r["naive"] > 0 else float("inf")
+        ratio = r["unetseg"] / r["naive"] if r["naive"] > 0 else float("nan")  # NaN: --no-naive
         budget = f"{r['budget_s'] / 60:.1f} min"
         row = [r["dataset"], budget, r["score"], f"{r['naive']:.4f}", f"{r['unetseg']:.4f}", f"{ratio:.3f}", ious]
         weak = [v for v, i in r["iou"].items() if r["share"].get(v, 0) >= 0.003 and not i >= 0.10]
         spent = f"{r['pilot_s']:.0f} / {r['train_s']:.0f} / {r['val_s']:.0f}"
         print("| " + " | ".join(row + [" ".join(weak) or "none", spent, r["load"]]) + " |")
-    ratios = [r["unetseg"] / r["naive"] for r in rows if r["naive"] > 0]
+    ratios = [r["unetseg"] / r["naive"] for r in rows if r["naive"] > 0]  # NaN > 0 is False
     if ratios:
         print(f"\nmean ratio {np.mean(ratios):.3f}; unetseg >= naive on {sum(x >= 1 for x in ratios)}/{len(ratios)}")
     for r in rows:
         plan = ", ".join(f"{k} {v}" for k, v in r["plan"].items())
+        if r.get("train_args"):
+            print(f"{r['dataset']}: unetseg train with {r['train_args']}")
         print(f"{r['dataset']}: naive {r['naive_epochs']} epochs; unetseg {r['unetseg_wall_s']:.0f} s wall, {plan}")
         print(f"{r['dataset']}: pilot winner {r['pilot_winner']}")
         if r["note"]:
@@ -341,20 +351,25 @@ def main() -> int:
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every budget (e.g. 0.2 to try)")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic data, a few seconds per recipe")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--train-args", default="", help='options added to `unetseg train` (e.g. "--scale 0.5")')
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive recipe (a variation of ours only)")
     args = parser.parse_args()
+    extra = shlex.split(args.train_args)
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-generalize-") as tmp:
         if args.smoke:
             root = smoke_dataset(Path(tmp) / "smoke")
-            rows.append(run_one(Suite("smoke", "every5", "miou", 0.1, (64, 48)), root, Path(tmp) / "w", 1.0))
+            smoke = Suite("smoke", "every5", "miou", 0.1, (64, 48))
+            rows.append(run_one(smoke, root, Path(tmp) / "w", 1.0, extra, not args.no_naive))
         for suite in SUITE:
             if args.smoke or (args.only and suite.name not in args.only):
                 continue
             if not (SHARED / suite.name).exists():
                 print(f"{suite.name}: skipped, {SHARED / suite.name} is absent", file=sys.stderr)
                 continue
-            rows.append(run_one(suite, SHARED / suite.name, Path(tmp) / suite.name, args.budget_scale))
+            work = Path(tmp) / suite.name
+            rows.append(run_one(suite, SHARED / suite.name, work, args.budget_scale, extra, not args.no_naive))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:

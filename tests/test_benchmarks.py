@@ -49,6 +49,21 @@ def test_generalization_benchmark_smoke(tmp_path):
     assert set(row["iou"]) == {"0", "1", "2"} and abs(sum(row["share"].values()) - 1) < 1e-9
 
 
+def test_generalization_benchmark_measures_a_variation_alone(tmp_path):
+    rows = tmp_path / "rows.json"
+    command = [sys.executable, str(BENCHMARKS / "bench_generalize.py"), "--smoke", "--json", str(rows), "--no-naive"]
+    result = subprocess.run(
+        [*command, "--train-args", "--scale 0.5 --width 4"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    (row,) = json.loads(rows.read_text())
+    assert row["plan"]["scale"] == 0.5 and row["plan"]["width"] == 4  # the options reached unetseg train
+    assert row["train_args"] == "--scale 0.5 --width 4" and row["naive_epochs"] == 0 and row["naive"] != row["naive"]
+    assert "mean ratio" not in result.stdout and "unetseg train with --scale 0.5 --width 4" in result.stdout
+
+
 def test_models_benchmark_smoke():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_models.py"), "--smoke"],

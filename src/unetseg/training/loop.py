@@ -308,8 +308,7 @@ def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
             bar.set_postfix(loss=f"{values['train_loss']:.4f}", img_s=f"{values['img_s']:.1f}")
             run.log.scalars(state.step, values | {"lr": run.optimizer.param_groups[0]["lr"]})
         if index in points and run.data.val:
-            trained = progress.read()  # before the round: img/s counts training time only
-            report_round(run, validate(run) | trained)
+            validation_round(run, progress)
             run.last_val_step = state.step
             progress.reset()
         if cfg.save_every and state.step % cfg.save_every == 0:
@@ -374,12 +373,17 @@ def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
         return str(mapped), 2
 
 
+def validation_round(run: Run, progress: Progress) -> None:
+    """Validate and report; the training window is read first, so that its img/s counts training time only."""
+    trained = progress.read()
+    report_round(run, validate(run) | trained)
+
+
 def wrap_up(run: Run, progress: Progress, reason: str, code: int) -> tuple[str, int]:
     """After a stopping rule: a last validation round for the final weights, and last.pt (when they are finite)."""
     try:
         if code == 0 and run.data.val and run.last_val_step != run.state.step:
-            trained = progress.read()
-            report_round(run, validate(run) | trained)
+            validation_round(run, progress)
         if code != 2 or weights_finite(run):  # a diverged run keeps its last finite last.pt
             save(run, "last.pt")
     except StopTraining as stopped:

@@ -3,17 +3,28 @@
     python benchmarks/bench_models.py                       # CPU, 256 x 256, every trainable model
     python benchmarks/bench_models.py --models unet resunet --steps 5 --device cuda
     python benchmarks/bench_models.py --smoke               # seconds, for tests
+    python benchmarks/bench_models.py --accuracy nuclei-dsb2018 crackforest --minutes 5   # about 1 h on 2 cores
 
 Training: forward, loss (cross-entropy), backward and an AdamW step on random batches of ``--size`` squared,
 under bf16 autocast where the device runs it natively (``--precision auto``), else fp32. Inference: eval mode,
 ``torch.inference_mode``, the same precision. Times are wall-clock means over ``--steps`` after one warm-up
-step; on a shared machine they vary, so compare models within one run. Accuracy is not measured here.
+step; on a shared machine they vary, so compare models within one run.
+
+Accuracy (``--accuracy DATASET ...``): per model and suite dataset, ``unetseg train --model NAME --time-budget``
+with nothing else (the plan chooses the rest, as for a user who names the model), from scratch, then ``unetseg
+evaluate`` of best.pt on the held-out split, with bench_generalize.py's splits and scores. Run on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +95,44 @@ def measure(name: str, spec: dict, args: argparse.Namespace, device: torch.devic
     }
 
 
+def accuracy(names: list[str], datasets: list[str], minutes: float, smoke: bool) -> None:
+    """Train each model from scratch on each dataset under one budget; print the held-out scores as a table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_generalize as bg
+
+    suites = {s.name: s for s in bg.SUITE}
+    unknown = [d for d in datasets if d not in suites and not smoke]
+    if unknown:
+        raise SystemExit(f"--accuracy: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(suites)}")
+    print(f"\nuptime before: {os.getloadavg()[0]:.2f} load, {time.strftime('%H:%M:%S')}")
+    print("| model | dataset | budget | score | held-out score | steps | plan | load |")
+    print("|---|---|---|---|---:|---:|---|---|")
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
+        jobs = []
+        if smoke:
+            jobs.append((bg.Suite("smoke", "every5", "miou", minutes, (64, 48)), bg.smoke_dataset(Path(tmp) / "s")))
+        for name in datasets if not smoke else []:
+            suite = dataclasses.replace(suites[name], minutes=minutes)
+            if not (bg.SHARED / name).exists():
+                print(f"{name}: skipped, {bg.SHARED / name} is absent", file=sys.stderr)
+                continue
+            jobs.append((suite, bg.SHARED / name))
+        for suite, root in jobs:
+            for model in names:
+                work = Path(tmp) / f"{suite.name}-{model}"
+                extra = ["--model", model] + (["--width", "4"] if smoke else [])
+                row = bg.run_one(suite, root, work, 1.0, extra, naive=False)
+                with open(work / "run" / "metrics.csv") as f:
+                    steps = max((int(float(r["step"])) for r in csv.DictReader(f)), default=0)
+                plan = ", ".join(f"{k} {row['plan'][k]}" for k in ("width", "patch_size", "scale", "learning_rate"))
+                print(
+                    f"| {model} | {suite.name} | {suite.minutes:g} min | {suite.score} | {row['unetseg']:.4f} "
+                    f"| {steps} | {plan} | {row['load']} |",
+                    flush=True,
+                )
+    print(f"uptime after: {os.getloadavg()[0]:.2f} load, {time.strftime('%H:%M:%S')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=TRAINABLE, default=list(TRAINABLE))
@@ -94,6 +143,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--smoke", action="store_true", help="tiny models at 64 x 64, one step: seconds")
+    parser.add_argument(
+        "--accuracy", nargs="+", metavar="DATASET", help="also train each model on these suite datasets, from scratch"
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="the time budget of each --accuracy run")
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,6 +157,9 @@ def main() -> None:
         args.size, args.batch, args.steps, args.models = 64, 2, 1, [m for m in args.models if m in SMOKE]
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
     dtype = torch.bfloat16 if bf16 else torch.float32
+    if args.accuracy and args.no_speed:
+        accuracy(args.models, args.accuracy, args.minutes, args.smoke)
+        return
     print(
         f"device {device} ({torch.get_num_threads()} threads), precision {str(dtype).removeprefix('torch.')}, "
         f"batch {args.batch} of {args.size}x{args.size}, mean of {args.steps} steps after one warm-up"
@@ -116,6 +173,8 @@ def main() -> None:
             f"{row['infer_ips']:.2f} |",
             flush=True,
         )
+    if args.accuracy:
+        accuracy(args.models, args.accuracy, args.minutes, args.smoke)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from PIL import Image, ImageDraw
 from unetseg.config import TrainConfig
 from unetseg.data.prepare import sample_dataset_dir
 from unetseg.tracking import runlog as loggers
+from unetseg.training import build as builder
 from unetseg.training import loop as trainer
 
 SETS = {
@@ -124,18 +125,18 @@ def train_once(data: Path, out: Path, logger: str | None, args: argparse.Namespa
         quiet=True,
         save_epochs=False,
     )
-    real_runlog = trainer.RunLog
+    real_runlog = builder.RunLog
     if logger is None:  # loggers off: a RunLog with nowhere to write, as on ranks other than 0
 
         def silent(run_dir, quiet, loggers_, log_format):
             return real_runlog(None, True, "csv", log_format)
 
-        trainer.RunLog = silent
+        builder.RunLog = silent
     try:
         with Timers() as timers:
             result = trainer.fit(cfg)
     finally:
-        trainer.RunLog = real_runlog
+        builder.RunLog = real_runlog
     steps, seconds, calls = result["steps"], timers.seconds, timers.calls
     report_s = seconds["write_pictures"] / max(calls["write_pictures"], 1)
     measured = calls["write_pictures"] and logger is not None

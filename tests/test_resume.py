@@ -129,8 +129,8 @@ def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     assert main(["train", "--data", str(data), "-e", "2", "--out", str(tmp_path / "r"), *BASE]) == 0
     run = state["run"]
     assert run.state.skipped_steps == 2 and run.state.step == 6  # 7 training images, batch 2, 2 epochs
-    assert all(torch.isfinite(p).all() for p in run.model.parameters())
-    assert all(torch.isfinite(b).all() for b in run.model.buffers() if b.is_floating_point())  # BatchNorm's too
+    assert all(torch.isfinite(p).all() for p in run.learner.model.parameters())
+    assert all(torch.isfinite(b).all() for b in run.learner.model.buffers() if b.is_floating_point())  # BatchNorm's too
     assert torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)["score"]["step"] > 0
 
 

@@ -23,6 +23,7 @@ from unetseg.evaluation.metrics import class_mean
 from unetseg.evaluation.report import worst_images
 from unetseg.evaluation.scoring import result_from_counts
 from unetseg.training import loop
+from unetseg.training.optim import Schedule
 
 TINY = ["--width", "4", "-b", "2", "-l", "0.01", "--warmup-steps", "2", "--val-rounds", "1", "--workers", "1"]
 TINY += ["--no-plan", "--quiet", "--scheduler", "plateau", "--no-cache"]
@@ -182,9 +183,9 @@ def scripted_rounds(monkeypatch, scores: list[tuple[float, float]]) -> list[floa
         dice_fg, miou = next(rounds)
         return result | {"dice_fg": dice_fg, "iou_fg": dice_fg / 2, "miou": miou, "dice_mean": miou}
 
-    observe = loop.Schedule.observe
+    observe = Schedule.observe
     monkeypatch.setattr(loop, "evaluate", evaluate)
-    monkeypatch.setattr(loop.Schedule, "observe", lambda self, score: (seen.append(score), observe(self, score))[1])
+    monkeypatch.setattr(Schedule, "observe", lambda self, score: (seen.append(score), observe(self, score))[1])
     return seen
 
 

@@ -21,6 +21,7 @@ from unetseg.core import atomic
 from unetseg.core.atomic import TEMP_PATTERN, write_atomic
 from unetseg.data.prepare import prepare_for
 from unetseg.errors import UserError
+from unetseg.training import build as builder
 from unetseg.training import loop as trainer
 from unetseg.training.optim import Schedule
 from unetseg.training.plan import make_plan
@@ -191,7 +192,7 @@ def test_read_only_out_is_refused_before_training(data, tmp_path, monkeypatch, c
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    monkeypatch.setattr(trainer, "prepare_for", lambda *a, **k: pytest.fail("data read before --out was checked"))
+    monkeypatch.setattr(builder, "prepare_for", lambda *a, **k: pytest.fail("data read before --out was checked"))
     assert train(data, out, "-e", "1") == 2
     err = capsys.readouterr().err
     assert str(out) in err and "read-only" in err and "Traceback" not in err
@@ -359,8 +360,8 @@ def test_plan_validates_every_epoch_when_epochs_are_given(tmp_path):
 
 def test_time_budget_is_parsed_once(data, tmp_path, monkeypatch):
     calls = []
-    real = trainer.parse_duration
-    monkeypatch.setattr(trainer, "parse_duration", lambda text: calls.append(text) or real(text))
+    real = builder.parse_duration
+    monkeypatch.setattr(builder, "parse_duration", lambda text: calls.append(text) or real(text))
     assert train(data, tmp_path / "run", "-e", "2", "--time-budget", "1h") == 0
     assert calls == ["1h"]
 

@@ -15,8 +15,8 @@ from conftest import make_dataset
 from unetseg.cli import main
 from unetseg.data.classmap import ClassMap
 from unetseg.data.samples import Sample
+from unetseg.training.build import class_weights
 from unetseg.training.ema import EMA
-from unetseg.training.loop import class_weights
 from unetseg.training.optim import Schedule
 
 FAST = ["--width", "4", "-b", "2", "--workers", "1", "--quiet", "--no-plan"]

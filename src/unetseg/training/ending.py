@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from unetseg.core import distributed
+from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
 from unetseg.evaluation.choice import choose_score
 from unetseg.training.state import Run
 from unetseg.training.summary import report_end
 
 
-def out_of_memory(run: Run) -> str:
+def out_of_memory(device: torch.device, batches: TrainBatches) -> str:
     return (
-        f"out of memory on {run.device} with batch {run.batches.batch_size} and patch "
-        f"{run.batches.patch[0]}x{run.batches.patch[1]}; try a smaller -b/--batch-size, a smaller --patch-size, "
+        f"out of memory on {device} with batch {batches.batch_size} and patch "
+        f"{batches.patch[0]}x{batches.patch[1]}; try a smaller -b/--batch-size, a smaller --patch-size, "
         "--checkpointing, or --amp (last.pt holds the last saved step)"
     )
 
@@ -30,28 +33,29 @@ def unexpected(err: BaseException) -> tuple[str, int]:
 
 def finish(run: Run, reason: str, code: int) -> dict:
     """Wait for the checkpoints, then the final summary, whose last line says why the run ended; unlock."""
+    out, state = run.out, run.state
+    score = choose_score(run.feed.data.class_map, run.cfg.score).name
     try:
         try:
-            run.writer.close()  # every checkpoint on disk before the run is reported finished
+            out.writer.close()  # every checkpoint on disk before the run is reported finished
         except UserError as err:  # the last background write failed (e.g. the disk filled up)
             reason, code = (str(err), 2) if code in (0, 2) else (f"{reason}; also: {err}", code)
-        run.state.elapsed = run.elapsed()
-        best = run.dir / "checkpoints" / "best.pt"
+        state.elapsed = run.clock.elapsed()
+        best = out.dir / "checkpoints" / "best.pt"
         with contextlib.suppress(UserError):  # train.log itself may be on the full disk: the console still shows
-            report_end(run, reason, code, best)
+            report_end(out.log, state, score, reason, code, best)
         with contextlib.suppress(UserError):
-            run.log.close()
-        distributed.cleanup(run.dist, finished=True)
+            out.log.close()
+        distributed.cleanup(run.hw.dist, finished=True)
     finally:
-        if run.lock:
-            run.lock.release()
-    score = choose_score(run.data.class_map, run.cfg.score).name
+        if out.lock:
+            out.lock.release()
     return {
         "best_score": run.state.best,
         "score_name": score,
         f"best_{score}": run.state.best,
         "best_step": run.state.best_step,
-        "run_dir": str(run.dir),
+        "run_dir": str(out.dir),
         "best_checkpoint": str(best),
         "steps": run.state.step,
         "skipped_steps": run.state.skipped_steps,

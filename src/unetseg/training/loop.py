@@ -10,119 +10,28 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from pathlib import Path
 
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from unetseg.config import TrainConfig, parse_duration, to_dict
+from unetseg.config import TrainConfig
 from unetseg.core import distributed
-from unetseg.core.atomic import storage_error, write_atomic
-from unetseg.core.device import autocast, choose_dtype, resolve_device, standardize, to_unit
-from unetseg.data.augment import augment_batch, get_spec
-from unetseg.data.prepare import prepare_for
-from unetseg.data.sampler import TrainBatches, prefetch
+from unetseg.core.atomic import storage_error
+from unetseg.core.device import autocast, standardize, to_unit
+from unetseg.data.augment import augment_batch
+from unetseg.data.sampler import prefetch
 from unetseg.errors import UserError
 from unetseg.evaluation.choice import choose_score, is_better, round_scores
 from unetseg.evaluation.scoring import device_batches, evaluate
-from unetseg.models.resnet import imagenet_norm
-from unetseg.tracking.runlog import RunLog
-from unetseg.training.build import build_model, class_weights, patch_shape, seed_everything
-from unetseg.training.ema import EMA
+from unetseg.training.build import build_run, steps_per_epoch
 from unetseg.training.ending import finish, out_of_memory, unexpected
-from unetseg.training.losses import build_loss
-from unetseg.training.optim import Schedule, build_optimizer
 from unetseg.training.progress import Progress
-from unetseg.training.rundir import default_run_dir, open_run_dir
 from unetseg.training.signals import StopSignal
-from unetseg.training.state import Run, RunningStats, StopTraining, diverged, restore, save, weights_finite
+from unetseg.training.state import Learner, Run, StopTraining, TrainState, diverged, not_finite, save
 from unetseg.training.summary import gallery, report_round, summary
 
 __all__ = ["Progress", "StopTraining", "build_run", "finish", "fit", "train_step", "validation_points"]
-
-
-def build_run(cfg: TrainConfig, resume: dict | None) -> Run:
-    """Data, model, optimizer, schedule and state, restored from ``resume`` when given.
-
-    The run directory is created, checked writable and locked first (rank 0), before any data is read.
-    """
-    device = resolve_device(cfg.device)
-    info = distributed.init_from_env(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir()
-    lock, notes = open_run_dir(run_dir, resume is not None, cfg.overwrite) if info.is_main else (None, [])
-    try:
-        run = assemble(cfg, resume, run_dir, device, info)
-    except BaseException:
-        if lock:
-            lock.release()
-        raise
-    run.lock, run.notes = lock, notes
-    return run
-
-
-def assemble(
-    cfg: TrainConfig, resume: dict | None, run_dir: Path, device: torch.device, info: distributed.DistInfo
-) -> Run:
-    """Everything but the run directory: log, data, model, optimizer, schedule, scaler, EMA; the resumed state."""
-    log = RunLog(run_dir if info.is_main else None, cfg.quiet or not info.is_main, cfg.logger, cfg.log_format)
-    if info.is_main:
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-    seed_everything(cfg.seed, cfg.deterministic, device)
-    with distributed.main_first(info):  # one process scans and builds the data cache; the others then read it
-        data = prepare_for(cfg, fold=(cfg.fold, cfg.folds) if cfg.folds and cfg.fold is not None else None)
-    if resume is not None:
-        data.norm = resume["norm"]  # the original run's statistics, whatever the data says now
-    model, pretrained = build_model(cfg, data, device, info, resumed=resume is not None)
-    if pretrained:  # the encoder learnt on ImageNet-normalised images: feed it the same statistics
-        data.norm = imagenet_norm(data.channels, data.norm["scale"])
-    net = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if info.enabled
-        else model
-    )
-    compiled = bool(cfg.compile or (cfg.compile is None and device.type == "cuda"))
-    if compiled:
-        net = torch.compile(net)
-    optimizer = build_optimizer(
-        cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay, cfg.momentum, device, cfg.encoder_lr_scale
-    )
-    batches = TrainBatches(
-        data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
-    )
-    schedule = Schedule(
-        optimizer,
-        cfg.scheduler,
-        cfg.learning_rate,
-        cfg.max_steps or cfg.epochs * steps_per_epoch(len(batches), cfg.accumulate),
-        cfg.warmup_steps,
-    )
-    dtype = choose_dtype(cfg.precision, cfg.amp, device)
-    # On GPUs the scaler also skips non-finite steps without a host sync (fused optimizers read its flag).
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 or device.type == "cuda")
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    run = Run(cfg, run_dir, log, data, model, net, optimizer, schedule, scaler, batches, device, dtype, info, ema)
-    run.compile_pending = compiled
-    run.pretrained = pretrained
-    run.augment = get_spec(cfg.augment, cfg.flips)
-    run.loss_fn = build_loss(cfg.loss, class_weights(cfg.class_weights, data))
-    run.stats = RunningStats(model)
-    run.budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
-    if resume is not None:
-        restore(run, resume)
-        log.truncate_after(run.state.step)
-        choice = choose_score(data.class_map, cfg.score)
-        if resume.get("score", {}).get("name", "dice_fg") != choice.name:  # the best so far was another score
-            run.state.best, run.state.rounds_since_best = -math.inf, 0
-    return run
-
-
-def steps_per_epoch(batches: int, accumulate: int) -> int:
-    """Optimizer steps in an epoch of ``batches`` batches (the last group may be shorter)."""
-    return math.ceil(batches / accumulate)
 
 
 def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
@@ -130,59 +39,66 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, 
 
     Returns (loss, bad) as device tensors; ``bad`` is None between optimizer steps.
     """
-    cfg, state = run.cfg, run.state
+    cfg, state, learner, feed, hw = run.cfg, run.state, run.learner, run.feed, run.hw
     if state.batch % cfg.accumulate == 0:
         # Cleared here, not after the step: the last step's gradients stay readable for the histograms that
         # loggers draw at validation rounds, at no cost (they are freed before this forward, as before).
-        run.optimizer.zero_grad(set_to_none=True)
-        run.stats.save()
-    x = to_unit(images, run.data.norm, run.device)
-    y = masks.to(run.device, non_blocking=True).long()
-    if run.augment is not None:
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.stats.save()
+    x = to_unit(images, feed.data.norm, hw.device)
+    y = masks.to(hw.device, non_blocking=True).long()
+    if feed.augment is not None:
         seed = cfg.seed * 1_000_003 + state.epoch * 100_003 + state.batch
-        offset = run.dist.rank * run.batches.batch_size
-        x, y = augment_batch(x, y, seed, offset, run.batches.global_batch, run.augment)
-    x = standardize(x, run.data.norm, cfg.channels_last)
-    ddp = getattr(run.net, "_orig_mod", run.net)  # torch.compile wraps the DDP module
+        offset = hw.dist.rank * feed.batches.batch_size
+        x, y = augment_batch(x, y, seed, offset, feed.batches.global_batch, feed.augment)
+    x = standardize(x, feed.data.norm, cfg.channels_last)
+    ddp = getattr(learner.net, "_orig_mod", learner.net)  # torch.compile wraps the DDP module
     sync = last or not isinstance(ddp, DistributedDataParallel)
-    with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(run.device, run.dtype):
-        logits = run.net(x)
-        loss = run.loss_fn(logits, y)
-    run.scaler.scale(loss / group).backward()
+    with ddp.no_sync() if not sync else contextlib.nullcontext(), autocast(hw.device, hw.dtype):
+        logits = learner.net(x)
+        loss = learner.loss_fn(logits, y)
+    learner.scaler.scale(loss / group).backward()
     if not last:
         return loss.detach(), None
-    run.schedule.set_step(state.step, run.elapsed() / run.budget_s if run.budget_s else 0.0)
-    run.scaler.unscale_(run.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    return loss.detach(), optimizer_step(learner, state, cfg.grad_clip, run.clock.fraction())
+
+
+def optimizer_step(learner: Learner, state: TrainState, grad_clip: float, budget_spent: float) -> torch.Tensor:
+    """Clip, step (skipped when the gradient is not finite), EMA; returns the device flag of a skipped step."""
+    learner.schedule.set_step(state.step, budget_spent)
+    learner.scaler.unscale_(learner.optimizer)
+    clip = grad_clip if grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), clip)
     bad = ~torch.isfinite(norm)
-    if run.scaler.is_enabled():
-        run.scaler.step(run.optimizer)  # skips non-finite steps itself
-        run.scaler.update()
+    if learner.scaler.is_enabled():
+        learner.scaler.step(learner.optimizer)  # skips non-finite steps itself
+        learner.scaler.update()
     elif not bad.item():  # host sync; only on the CPU path, where it costs nothing
-        run.optimizer.step()
-    run.stats.restore_if(bad)  # a skipped step leaves BatchNorm's statistics as they were too
-    if run.ema:
-        run.ema.update(run.model)
+        learner.optimizer.step()
+    learner.stats.restore_if(bad)  # a skipped step leaves BatchNorm's statistics as they were too
+    if learner.ema:
+        learner.ema.update(learner.model)
     state.step += 1
-    return loss.detach(), bad
+    return bad
 
 
 def compiled_step(run: Run, images: torch.Tensor, masks: torch.Tensor, group: int, last: bool) -> tuple:
     """The first compiled step compiles: time it, and fall back to eager mode if compilation fails."""
+    learner, log = run.learner, run.out.log
     started = time.monotonic()
     try:
         result = train_step(run, images, masks, group, last)
     except torch.OutOfMemoryError:
         raise  # not a compiler failure: eager mode would run out of memory too
     except Exception as err:  # inductor/dynamo failures come in many types
-        run.log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
-        run.net, run.compile_pending = run.net._orig_mod, False
-        run.optimizer.zero_grad(set_to_none=True)
+        log.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); continuing without it")
+        learner.net, learner.compile_pending = learner.net._orig_mod, False
+        learner.optimizer.zero_grad(set_to_none=True)
         return train_step(run, images, masks, group, last)
-    if run.device.type == "cuda":
+    if run.hw.device.type == "cuda":
         torch.cuda.synchronize()
-    run.log.info(f"  compile     first step with torch.compile took {time.monotonic() - started:.1f} s")
-    run.compile_pending = False
+    log.info(f"  compile     first step with torch.compile took {time.monotonic() - started:.1f} s")
+    learner.compile_pending = False
     return result
 
 
@@ -200,70 +116,73 @@ def validation_points(batches: int, rounds: int, accumulate: int = 1) -> set[int
 
 def validate(run: Run) -> dict:
     """One validation round on every rank (images sharded); returns the row, with the best checkpoint saved."""
-    cfg, state = run.cfg, run.state
+    cfg, state, learner, feed, hw = run.cfg, run.state, run.learner, run.feed, run.hw
+    data = feed.data
     started = time.monotonic()
-    with run.ema.applied(run.model) if run.ema else contextlib.nullcontext():
-        if run.val_batches is None and run.device.type == "cuda":
-            run.val_batches = device_batches(run.data.val, cfg.val_batch_size, run.device, run.dist) or []
+    with learner.ema.applied(learner.model) if learner.ema else contextlib.nullcontext():
+        if feed.val_batches is None and hw.device.type == "cuda":
+            feed.val_batches = device_batches(data.val, cfg.val_batch_size, hw.device, hw.dist) or []
         result = evaluate(
-            run.model,
-            run.data.val,
-            run.data.norm,
-            run.data.class_map.num_classes,
-            run.device,
-            run.dtype,
+            learner.model,
+            data.val,
+            data.norm,
+            data.class_map.num_classes,
+            hw.device,
+            hw.dtype,
             cfg.val_batch_size,
             cfg.channels_last,
-            dist_info=run.dist,
-            batches=run.val_batches or None,
-            loss_fn=run.loss_fn,
+            dist_info=hw.dist,
+            batches=feed.val_batches or None,
+            loss_fn=learner.loss_fn,
         )
-        choice = choose_score(run.data.class_map, cfg.score)
+        choice = choose_score(data.class_map, cfg.score)
         score = choice.value(result)  # foreground Dice, or mIoU when class 0 is a real class
-        if not weights_finite(run):  # whatever the score says, such a model is never the best
-            raise diverged(run, f"the weights became non-finite by step {state.step} (not saved)")
-        run.schedule.observe(score)
+        if not learner.weights_finite():  # whatever the score says, such a model is never the best
+            raise not_finite(run)
+        learner.schedule.observe(score)
         improved = is_better(score, state.best)
         state.rounds_since_best = 0 if improved else state.rounds_since_best + 1
         if improved:
             state.best, state.best_step = score, state.step
             save(run, "best.pt", with_train_state=False)
-        panels = gallery(run) if run.dist.is_main and (improved or run.log.wants_images) else None
-    names = run.data.class_map.names
+        wanted = hw.dist.is_main and (improved or run.out.log.wants_images)
+        panels = gallery(learner.model, data, hw, cfg.channels_last) if wanted else None
+    names = data.class_map.names
     row = {
         "step": state.step,
         "epoch": state.epoch + 1,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": learner.optimizer.param_groups[0]["lr"],
         **round_scores(result, choice),
         "val_loss": result["loss"],
     }
     row |= {f"dice_{n}": d for n, d in zip(names, result["dice"])}
     row |= {f"iou_{n}": d for n, d in zip(names, result["iou"])}
-    run.val_cost = time.monotonic() - started
-    row |= {"val_s": run.val_cost, "elapsed_s": run.elapsed()}
-    confusion = result["confusion"] if run.dist.is_main else None  # for report.html (not a metrics.csv column)
+    run.clock.val_cost = time.monotonic() - started
+    row |= {"val_s": run.clock.val_cost, "elapsed_s": run.clock.elapsed()}
+    confusion = result["confusion"] if hw.dist.is_main else None  # for report.html (not a metrics.csv column)
     return row | {"best": state.best, "improved": improved, "panels": panels, "confusion": confusion}
 
 
 def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:
     """Stopping rules, checked after every optimizer step; device counters are read only when ``read_now``."""
-    cfg, state = run.cfg, run.state
-    run.writer.check()  # a failed background checkpoint write (e.g. a full disk) ends the run now
+    cfg, state, clock, hw = run.cfg, run.state, run.clock, run.hw
+    run.out.writer.check()  # a failed background checkpoint write (e.g. a full disk) ends the run now
     if read_now:
         state.skipped_steps, state.bad_streak = int(progress.bad_total), int(progress.bad_streak)
         if state.bad_streak >= cfg.max_bad_steps:
-            raise diverged(run, f"{state.bad_streak} consecutive steps had a non-finite loss or gradient")
-        if distributed.any_rank(stop.received is not None, run.dist, run.device):
+            score = choose_score(run.feed.data.class_map, cfg.score).name
+            raise diverged(state, score, f"{state.bad_streak} consecutive steps had a non-finite loss or gradient")
+        if distributed.any_rank(stop.received is not None, hw.dist, hw.device):
             stop.received = stop.received or 15
             raise StopTraining("interrupted", exit_code=stop.exit_code)
     if cfg.max_steps and state.step >= cfg.max_steps:
         raise StopTraining(f"reached --max-steps {cfg.max_steps}")
-    if run.budget_s:
+    if clock.budget_s:
         # Leave room for the final validation and checkpoint inside the budget. Processes' clocks differ a little:
         # under multi-process training they decide together, so all stop after the same step.
-        over = run.elapsed() + run.val_cost >= run.budget_s
-        if run.dist.enabled:
-            over = read_now and distributed.any_rank(over, run.dist, run.device)
+        over = clock.elapsed() + clock.val_cost >= clock.budget_s
+        if hw.dist.enabled:
+            over = read_now and distributed.any_rank(over, hw.dist, hw.device)
         if over:
             raise StopTraining(f"reached --time-budget {cfg.time_budget}")
     if cfg.patience and state.rounds_since_best >= cfg.patience:
@@ -272,48 +191,45 @@ def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool)
 
 def train_one_epoch(run: Run, stop: StopSignal, progress: Progress) -> None:
     """Steps over one epoch (from the saved batch on a resume), with validation rounds at fixed points."""
-    cfg, state, batches = run.cfg, run.state, run.batches
+    cfg, state, batches, hw, log = run.cfg, run.state, run.feed.batches, run.hw, run.out.log
     validating = (state.epoch + 1) % cfg.val_every == 0 or state.epoch + 1 == cfg.epochs
     points = validation_points(len(batches), cfg.val_rounds, cfg.accumulate) if validating else set()
-    run.model.train()
+    run.learner.model.train()
     bar = tqdm(
         total=len(batches) * batches.global_batch,
         initial=state.batch * batches.global_batch,
         desc=f"epoch {state.epoch + 1}" + ("" if cfg.time_budget else f"/{cfg.epochs}"),
         unit="img",
-        disable=not run.log.bars,
+        disable=not log.bars,
         leave=False,
     )
     source = batches.epoch(state.epoch, state.batch)
-    if run.device.type == "cuda":
+    if hw.device.type == "cuda":
         source = prefetch(source, pin=True)
     for images, masks in source:
         index = state.batch
         group_start = index - index % cfg.accumulate
         group = min(cfg.accumulate, len(batches) - group_start)
         last = index + 1 == group_start + group
-        loss, bad = (
-            compiled_step(run, images, masks, group, last)
-            if run.compile_pending
-            else train_step(run, images, masks, group, last)
-        )
+        step = compiled_step if run.learner.compile_pending else train_step
+        loss, bad = step(run, images, masks, group, last)
         state.batch += 1
-        progress.add(loss, bad, len(images) * run.dist.world)
-        bar.update(len(images) * run.dist.world)
+        progress.add(loss, bad, len(images) * hw.dist.world)
+        bar.update(len(images) * hw.dist.world)
         if not last:
             continue
         read_now = state.step % cfg.log_every == 0 or index in points or stop.received is not None
         if read_now:
             values = progress.read()
             bar.set_postfix(loss=f"{values['train_loss']:.4f}", img_s=f"{values['img_s']:.1f}")
-            run.log.scalars(state.step, values | {"lr": run.optimizer.param_groups[0]["lr"]})
-        if index in points and run.data.val:
+            log.scalars(state.step, values | {"lr": run.learner.optimizer.param_groups[0]["lr"]})
+        if index in points and run.feed.data.val:
             validation_round(run, progress)
-            run.last_val_step = state.step
+            run.clock.last_val_step = state.step
             progress.reset()
         if cfg.save_every and state.step % cfg.save_every == 0:
             save(run, "last.pt")
-        check_limits(run, stop, progress, read_now or run.device.type == "cpu")
+        check_limits(run, stop, progress, read_now or hw.device.type == "cpu")
     bar.close()
 
 
@@ -324,7 +240,7 @@ def run_epochs(run: Run, stop: StopSignal, progress: Progress) -> None:
         train_one_epoch(run, stop, progress)
         state.epoch, state.batch = state.epoch + 1, 0
         save(run, "last.pt", *([f"epoch_{state.epoch:03d}.pt"] if cfg.save_epochs else []))
-        if not run.data.val:
+        if not run.feed.data.val:
             state.best_step = state.step
             save(run, "best.pt", with_train_state=False)
 
@@ -340,13 +256,13 @@ def fit(cfg: TrainConfig, resume: dict | None = None, started: float | None = No
     """
     started = time.monotonic() if started is None else started
     run = build_run(cfg, resume)
-    run.log.plan = plan
+    run.out.log.plan = plan
     try:
         summary(run)
-        stop, progress = StopSignal(), Progress(run.device)
+        stop, progress = StopSignal(), Progress(run.hw.device)
         progress.bad_total.fill_(run.state.skipped_steps)
         progress.bad_streak.fill_(run.state.bad_streak)
-        run.started, run.last_val_step = started, run.state.step
+        run.clock.started, run.clock.last_val_step = started, run.state.step
         with stop.installed():
             reason, code = train(run, stop, progress)
     except BaseException as err:
@@ -363,11 +279,11 @@ def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
     except StopTraining as stopped:
         return wrap_up(run, progress, str(stopped), stopped.exit_code)
     except torch.OutOfMemoryError:
-        return out_of_memory(run), 2
+        return out_of_memory(run.hw.device, run.feed.batches), 2
     except UserError as err:  # e.g. a full disk under a checkpoint or metrics.csv
         return str(err), 2
     except OSError as err:  # a storage error that reached us without passing write_atomic
-        mapped = storage_error(err, err.filename or run.dir)
+        mapped = storage_error(err, err.filename or run.out.dir)
         if mapped is None:
             raise
         return str(mapped), 2
@@ -376,25 +292,26 @@ def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
 def validation_round(run: Run, progress: Progress) -> None:
     """Validate and report; the training window is read first, so that its img/s counts training time only."""
     trained = progress.read()
-    report_round(run, validate(run) | trained)
+    choice = choose_score(run.feed.data.class_map, run.cfg.score)
+    report_round(run.out.log, choice, run.feed.data.class_map.names, run.learner.model, validate(run) | trained)
 
 
 def wrap_up(run: Run, progress: Progress, reason: str, code: int) -> tuple[str, int]:
     """After a stopping rule: a last validation round for the final weights, and last.pt (when they are finite)."""
     try:
-        if code == 0 and run.data.val and run.last_val_step != run.state.step:
+        if code == 0 and run.feed.data.val and run.clock.last_val_step != run.state.step:
             validation_round(run, progress)
-        if code != 2 or weights_finite(run):  # a diverged run keeps its last finite last.pt
+        if code != 2 or run.learner.weights_finite():  # a diverged run keeps its last finite last.pt
             save(run, "last.pt")
     except StopTraining as stopped:
         return str(stopped), stopped.exit_code
     except torch.OutOfMemoryError:
-        return out_of_memory(run), 2
+        return out_of_memory(run.hw.device, run.feed.batches), 2
     except UserError as err:
         return str(err), 2
     if code in (130, 143):
         reason += (
-            f": saved {run.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
-            f"resume with: unetseg train --resume {run.dir}"
+            f": saved {run.out.dir / 'checkpoints' / 'last.pt'} at step {run.state.step}; "
+            f"resume with: unetseg train --resume {run.out.dir}"
         )
     return reason, code

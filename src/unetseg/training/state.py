@@ -82,41 +82,94 @@ class RunningStats:
 
 
 @dataclass
-class Run:
-    """Everything the loop works on."""
+class Learner:
+    """What training changes, and what a step changes it with."""
 
-    cfg: TrainConfig
-    dir: Path
-    log: RunLog
-    data: Dataset
     model: nn.Module  # the raw model (what checkpoints hold)
-    net: nn.Module  # what the step calls: the model, or its DDP wrapper
+    net: nn.Module  # what the step calls: the model, or its DDP and torch.compile wrappers
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stats: RunningStats  # BatchNorm statistics guarded against skipped steps
+    ema: EMA | None = None
+    compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
+    pretrained: str | None = None  # the encoder's initial weights, when pretrained (--encoder-weights)
+
+    def weights_finite(self) -> bool:
+        """Whether every floating weight and buffer a checkpoint stores (the model's and the EMA's) is finite.
+
+        One fused ``isfinite`` over the flattened tensors: one copy of the weights on the device and one host
+        sync, paid at checkpoints and validation rounds only.
+        """
+        tensors = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        if self.ema:
+            tensors += [v for v in self.ema.shadow.values() if v.is_floating_point()]
+        if not tensors:
+            return True
+        return bool(torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors])).all())
+
+
+@dataclass
+class Feed:
+    """What the loop reads: the dataset, its training batches and augmentation."""
+
+    data: Dataset
     batches: TrainBatches
+    augment: AugmentSpec | None = None  # the --augment preset
+    val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
+
+
+@dataclass
+class Hardware:
+    """Where the run computes: the device, the autocast dtype, and the processes of a distributed run."""
+
     device: torch.device
     dtype: torch.dtype
     dist: DistInfo
-    ema: EMA | None = None
-    state: TrainState = field(default_factory=TrainState)
+
+
+@dataclass
+class Clock:
+    """Training time across resumes, the time budget, and the validation round it keeps room for."""
+
+    budget_s: float | None = None  # --time-budget in seconds (parsed once)
+    before: float = 0.0  # training seconds spent before this process started (from the resumed checkpoint)
     started: float = field(default_factory=time.monotonic)  # when this process began training
     val_cost: float = 0.0  # seconds the last validation round took (reserved inside a time budget)
     last_val_step: int = -1  # step of the last validation round
-    augment: AugmentSpec | None = None  # the --augment preset
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    val_batches: list | None = None  # validation batches resident on the GPU (made at the first round)
-    pretrained: str | None = None  # the encoder's initial weights, when pretrained (--encoder-weights)
-    compile_pending: bool = False  # net is a torch.compile wrapper whose first step (the compile) is to come
-    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
-    budget_s: float | None = None  # --time-budget in seconds (parsed once)
-    lock: RunLock | None = None  # the run directory's lock (rank 0), released when the run ends
-    notes: list[str] = field(default_factory=list)  # what setting up the run directory did, for the summary
-    stats: RunningStats | None = None  # BatchNorm statistics guarded against skipped steps
 
     def elapsed(self) -> float:
         """Training seconds across resumes."""
-        return self.state.elapsed + time.monotonic() - self.started
+        return self.before + time.monotonic() - self.started
+
+    def fraction(self) -> float:
+        """The share of the time budget spent (0 without one): the schedule's clock."""
+        return self.elapsed() / self.budget_s if self.budget_s else 0.0
+
+
+@dataclass
+class Output:
+    """Where the run writes: its directory, log and checkpoint writer; the directory's lock."""
+
+    dir: Path
+    log: RunLog
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
+    lock: RunLock | None = None  # the run directory's lock (rank 0), released when the run ends
+    notes: list[str] = field(default_factory=list)  # what setting up the run directory did, for the summary
+
+
+@dataclass
+class Run:
+    """A run, by part: each helper takes the parts it reads (the loop's stages take the whole)."""
+
+    cfg: TrainConfig
+    learner: Learner
+    feed: Feed
+    hw: Hardware
+    out: Output
+    clock: Clock
+    state: TrainState = field(default_factory=TrainState)
 
 
 def _detached(state: dict) -> dict:
@@ -126,26 +179,27 @@ def _detached(state: dict) -> dict:
 
 def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
     """The self-describing checkpoint (see DESIGN.md); weights are the EMA's when it is on."""
-    model = _detached(run.model.state_dict()) if with_train_state or not run.ema else None
-    weights = _detached(run.ema.shadow) if run.ema else model  # without EMA the same tensors: copied, stored once
+    learner, data = run.learner, run.feed.data
+    model = _detached(learner.model.state_dict()) if with_train_state or not learner.ema else None
+    weights = _detached(learner.ema.shadow) if learner.ema else model  # without EMA the same tensors, stored once
     ckpt = make_checkpoint(
-        model_spec(run.model),
+        model_spec(learner.model),
         weights,
-        run.data.channels,
-        run.data.norm,
-        run.data.class_map.to_dict(),
+        data.channels,
+        data.norm,
+        data.class_map.to_dict(),
         run.cfg.scale,
         to_dict(run.cfg),
-        score=choose_score(run.data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
+        score=choose_score(data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
     )
     if with_train_state:
         ckpt["train_state"] = {
             "model": model,
-            "ema": run.ema.state_dict() if run.ema else None,
-            "optimizer": run.optimizer.state_dict(),
-            "schedule": run.schedule.state_dict(),
-            "scaler": run.scaler.state_dict(),
-            "state": asdict(run.state) | {"elapsed": run.elapsed()},
+            "ema": learner.ema.state_dict() if learner.ema else None,
+            "optimizer": learner.optimizer.state_dict(),
+            "schedule": learner.schedule.state_dict(),
+            "scaler": learner.scaler.state_dict(),
+            "state": asdict(run.state) | {"elapsed": run.clock.elapsed()},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -173,46 +227,31 @@ def load_resume(path: Path) -> dict:
         raise UserError(f"--resume {path}: cannot resume: {reason}; {alternative}") from None
 
 
-def restore(run: Run, ckpt: dict) -> None:
-    """Load weights, optimizer, schedule, scaler, EMA, RNG and loop position from a checkpoint."""
+def restore(learner: Learner, ckpt: dict) -> TrainState:
+    """Load weights, optimizer, schedule, scaler, EMA and RNG from a checkpoint; return its loop position."""
     train = ckpt.get("train_state")
     if not train:
         raise UserError(
             "--resume: this checkpoint has no training state (a weights-only file such as best.pt); "
             "resume from the run's checkpoints/last.pt, or start a new run with -f/--load"
         )
-    load_weights(run.model, train["model"], "resume checkpoint")
-    run.optimizer.load_state_dict(train["optimizer"])
-    run.schedule.load_state_dict(train["schedule"])
-    run.scaler.load_state_dict(train["scaler"])
-    if run.ema and train.get("ema"):
-        run.ema.load_state_dict(train["ema"])
-    run.state = TrainState(**train["state"])
+    load_weights(learner.model, train["model"], "resume checkpoint")
+    learner.optimizer.load_state_dict(train["optimizer"])
+    learner.schedule.load_state_dict(train["schedule"])
+    learner.scaler.load_state_dict(train["scaler"])
+    if learner.ema and train.get("ema"):
+        learner.ema.load_state_dict(train["ema"])
     torch.set_rng_state(train["rng"]["torch"])
     if torch.cuda.is_available() and train["rng"].get("cuda"):
         torch.cuda.set_rng_state_all(train["rng"]["cuda"])
+    return TrainState(**train["state"])
 
 
-def weights_finite(run: Run) -> bool:
-    """Whether every floating weight and buffer a checkpoint stores (the model's and the EMA's) is finite.
-
-    One fused ``isfinite`` over the flattened tensors: one copy of the weights on the device and one host sync, paid
-    at checkpoints and validation rounds only.
-    """
-    tensors = [v for v in run.model.state_dict().values() if v.is_floating_point()]
-    if run.ema:
-        tensors += [v for v in run.ema.shadow.values() if v.is_floating_point()]
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors])).all())
-
-
-def diverged(run: Run, why: str) -> StopTraining:
+def diverged(state: TrainState, score: str, why: str) -> StopTraining:
     """The stop for a run whose numbers left the finite range; says truthfully what best.pt holds."""
-    state = run.state
     if state.best_step >= 0:
-        score = f" (dice_fg {state.best:.4f})" if math.isfinite(state.best) else ""
-        kept = f"best.pt from step {state.best_step}{score} is intact"
+        shown = f" ({score} {state.best:.4f})" if math.isfinite(state.best) else ""
+        kept = f"best.pt from step {state.best_step}{shown} is intact"
     else:
         kept = "no best.pt was written: no validation round had finite weights"
     return StopTraining(
@@ -227,8 +266,14 @@ def save(run: Run, *names: str, with_train_state: bool = True) -> None:
     Non-finite weights are never written (over a good file or at all): the run stops as diverged instead. Every
     process checks (the weights are the same on all of them), so that all stop together.
     """
-    if not weights_finite(run):
-        raise diverged(run, f"the weights became non-finite by step {run.state.step} (not saved)")
-    if run.dist.is_main:
-        folder = run.dir / "checkpoints"
-        run.writer.write(checkpoint_dict(run, with_train_state), [folder / name for name in names])
+    if not run.learner.weights_finite():
+        raise not_finite(run)
+    if run.hw.dist.is_main:
+        folder = run.out.dir / "checkpoints"
+        run.out.writer.write(checkpoint_dict(run, with_train_state), [folder / name for name in names])
+
+
+def not_finite(run: Run) -> StopTraining:
+    """The stop for weights found non-finite (at a checkpoint or a validation round)."""
+    score = choose_score(run.feed.data.class_map, run.cfg.score).name
+    return diverged(run.state, score, f"the weights became non-finite by step {run.state.step} (not saved)")

@@ -12,10 +12,11 @@ Trains the same small U-Net on the same synthetic data once per logger set (in-p
   it, and all of it as a share of the epoch loop's time.
 
 - report.html + curves.png: the job a validation round queues on the logging thread (``RunLog.write_pictures``:
-  the charts, drawn once, curves.png and report.html), per drawing, and all drawings as a share of the epoch
-  loop's time (rounds whose refresh would exceed ``REPORT_SHARE`` skip it; the final one at the end is counted
-  too). They run beside training, so the loop does not wait for them, but on a machine with few cores they take
-  CPU from it: this share is their cost.
+  the charts, drawn once, curves.png and report.html), per drawing, how many drawings drew the charts (the final
+  page reuses those of rows drawn already), and all drawings as a share of the epoch loop's time (a round skips its
+  refresh unless all drawings, the final one included, stay within ``REPORT_SHARE`` of the time so far; the final
+  one is counted too). They run beside training, so the loop does not wait for them, but on a machine with few
+  cores they take CPU from it: this share is their cost.
 
 A warm-up run, left out of the table, takes the first-run costs (imports, kernel set-up).
 
@@ -103,6 +104,7 @@ class Timers:
         self.wrap(loggers.RunLog, "validation")
         self.wrap(trainer, "gallery")  # prediction panels: made every round for TensorBoard and W&B
         self.wrap(loggers.RunLog, "write_pictures")  # on the logging thread, beside training
+        self.wrap(loggers.charts, "curves")  # the charts inside it, skipped when the rows were drawn already
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,6 +152,7 @@ def train_once(data: Path, out: Path, logger: str | None, args: argparse.Namespa
         "report_ms": 1e3 * report_s if measured else float("nan"),
         "report_share": seconds["write_pictures"] / seconds["run_epochs"] if measured else float("nan"),
         "drawings": calls["write_pictures"],
+        "charts": calls["curves"],
         "steps": steps,
     }
 
@@ -211,7 +214,7 @@ def print_table(results: dict[str, list[dict]], args: argparse.Namespace) -> Non
     print(
         "| loggers | step time (ms, best) | end to end vs off | RunLog.scalars per step (ms) "
         "| logging per validation round (ms) | all logging, share of step time "
-        "| report.html + curves.png per drawing (ms) | drawings | report, share of epoch loop |"
+        "| report.html + curves.png per drawing (ms) | drawings (with charts) | report, share of epoch loop |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = min(r["step_s"] for r in results["off"])
@@ -222,7 +225,7 @@ def print_table(results: dict[str, list[dict]], args: argparse.Namespace) -> Non
         share = statistics.median(r["share"] for r in runs)
         report_ms = statistics.median(r["report_ms"] for r in runs)
         report_share = statistics.median(r["report_share"] for r in runs)
-        drawings = runs[0].get("drawings", 0)
+        drawings = f"{runs[0].get('drawings', 0)} ({runs[0].get('charts', 0)})"
         report = "-" if math.isnan(report_ms) else f"{report_ms:.0f} | {drawings} | {100 * report_share:.1f}%"
         print(
             f"| {name} | {1e3 * step:.1f} | {100 * (step / base - 1):+.1f}% | {scalars:.3f} | {round_ms:.1f} "

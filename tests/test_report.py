@@ -18,10 +18,10 @@ from PIL import Image
 from conftest import make_dataset
 from unetseg.cli import main
 from unetseg.data.classmap import ClassMap
-from unetseg.tracking import charts
+from unetseg.tracking import charts, plots
 from unetseg.tracking.html import table
 from unetseg.tracking.report_html import image_dice, run_page, worst_first
-from unetseg.tracking.runlog import RunLog
+from unetseg.tracking.runlog import FIRST_DRAWING_S, REPORT_SHARE, RunLog
 
 TINY = ["--width", "4", "-b", "4", "--workers", "1", "--val-rounds", "2", "--quiet"]
 
@@ -86,6 +86,9 @@ def test_run_report_is_one_self_contained_page(trained):
     assert page.figures == 3  # the 3 validation images, each a row of image / truth / prediction / overlay
     assert len(pictures) == 3 + 1 + 3 * 4  # loss, score, lr; the confusion matrix; the gallery tiles
     assert "learning_rate:" in text  # the resolved config
+    data = text[text.index('id="data"') : text.index('id="curves"')]
+    shares = re.findall(r'<td data-v="[^"]+">(\d+\.\d+)</td></tr>', data)  # the last column: pixels %
+    assert len(shares) == 3 and all(len(s.split(".")[1]) == 2 for s in shares), shares
     assert "<h3>plan</h3>" in text and "given (the plan would choose" in text  # the plan's reasons (width given)
 
 
@@ -113,8 +116,6 @@ def test_evaluation_report_tables_confusion_and_worst_images(trained):
 
 
 def test_error_map_colours_false_positives_and_negatives_apart():
-    from unetseg.tracking import plots
-
     truth = np.array([[0, 1], [1, 255]], np.uint8)
     pred = np.array([[1, 1], [0, 0]], np.uint8)
     shown = plots.error_overlay(np.zeros((2, 2, 1), np.uint8), pred, truth, alpha=1.0)
@@ -152,24 +153,82 @@ def test_three_rounds_never_repeat_an_axis_label_and_lr_is_log():
     assert len(set(labels)) == len(labels) and len(ax.get_lines()) == 2  # train and validation loss
 
 
-def test_report_refreshes_after_rounds_within_its_share_and_always_at_the_end(tmp_path):
-    class_map = ClassMap(values=[0, 255])
-    log = RunLog(tmp_path, quiet=True)
-    log.start([], {"score": {"name": "dice_fg"}, "classes": []}, class_map, {"lr": 0.1})
-    row = {"step": 1, "epoch": 1, "train_loss": 0.5, "lr": 0.1, "dice_fg": 0.4, "dice_class1": 0.4}
-    log.validation(1, row, torch.nn.Linear(1, 1), None, True, confusion=[[5, 1], [2, 3]])
+def started_log(run_dir, clock):
+    run_dir.mkdir(exist_ok=True)
+    log = RunLog(run_dir, quiet=True)
+    log.clock = clock
+    log.start([], {"score": {"name": "dice_fg"}, "classes": []}, ClassMap(values=[0, 255]), {"lr": 0.1})
+    return log
+
+
+ROW = {"step": 1, "epoch": 1, "train_loss": 0.5, "lr": 0.1, "dice_fg": 0.4, "dice_class1": 0.4}
+
+
+def test_report_refreshes_within_its_share_of_the_time_and_always_at_the_end(tmp_path):
+    now = [0.0]
+    log = started_log(tmp_path, lambda: now[0])
+    report = tmp_path / "report.html"
+    log.validation(1, ROW, torch.nn.Linear(1, 1), None, True, confusion=[[5, 1], [2, 3]])
     log._collect(wait=True)
-    assert "in progress: 1 validation round(s)" in (tmp_path / "report.html").read_text()
-    assert log.draw_cost > 0
-    log.draw_cost = 1e6  # a drawing that slow: the next rounds skip their refresh (REPORT_SHARE)
-    log.validation(2, row | {"step": 2, "dice_fg": 0.6}, torch.nn.Linear(1, 1), None, True)
+    assert not report.exists()  # at once after the start: no time yet that would pay for a drawing
+    now[0] = 2 * FIRST_DRAWING_S / REPORT_SHARE  # this refresh and the final one are REPORT_SHARE of the time now
+    log.validation(2, ROW | {"step": 2, "dice_fg": 0.5}, torch.nn.Linear(1, 1), None, True)
     log._collect(wait=True)
-    assert "in progress: 1 validation round(s)" in (tmp_path / "report.html").read_text()
+    assert "in progress: 2 validation round(s)" in report.read_text()
+    assert len(log.costs) == 1 and log.costs[0] > 0
+    log.costs[0] = 1e6  # a drawing that slow: the next rounds skip their refresh
+    now[0] += 100
+    log.validation(3, ROW | {"step": 3, "dice_fg": 0.6}, torch.nn.Linear(1, 1), None, True)
+    log._collect(wait=True)
+    assert "in progress: 2 validation round(s)" in report.read_text()
     log.event("done", ["done"], {"reason": "finished all epochs"})
     log.close()
-    text = (tmp_path / "report.html").read_text()
-    assert "finished: finished all epochs" in text and "Best dice_fg 0.6000 at step 2" in text
+    text = report.read_text()
+    assert "finished: finished all epochs" in text and "Best dice_fg 0.6000 at step 3" in text
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary file left
+
+
+def late():
+    """A clock that reads 0 at the start and a day later at every round: every round may refresh."""
+    times = iter([0.0])
+    return lambda: next(times, 86400.0)
+
+
+def test_the_final_report_reuses_the_charts_of_rows_drawn_already(tmp_path, monkeypatch):
+    drawn = []
+    curves = charts.curves
+    monkeypatch.setattr(charts, "curves", lambda *args: drawn.append(len(args[0])) or curves(*args))
+    log = started_log(tmp_path, late())  # every round may refresh
+    log.validation(1, ROW, torch.nn.Linear(1, 1), None, True)
+    log._collect(wait=True)
+    log.event("done", ["done"], {"reason": "finished all epochs"})
+    log.close()
+    assert drawn == [1] and log.queued == 1  # one set of charts, drawn after the round, reused at the end
+    assert "finished: finished all epochs" in (tmp_path / "report.html").read_text()  # the page itself is new
+    log = started_log(tmp_path / "second", late())
+    log.validation(1, ROW, torch.nn.Linear(1, 1), None, True)
+    log.metrics(ROW | {"step": 2})  # a row after the last refresh: the final page draws the curves again
+    log.close()
+    assert drawn == [1, 1, 2]
+
+
+def test_gallery_png_shows_the_best_round_even_when_its_refresh_was_skipped(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(plots, "save_gallery", lambda path, panels, class_map, title: saved.append((title, panels)))
+    log = started_log(tmp_path, lambda: 0.0)  # no time passes: every refresh is skipped
+
+    def panels(name):
+        mask = np.zeros((4, 4), np.uint8)
+        return [{"name": name, "image": np.zeros((4, 4, 1), np.uint8), "truth": mask, "pred": mask}]
+
+    log.validation(1, ROW, torch.nn.Linear(1, 1), panels("a"), True)
+    log.validation(2, ROW | {"step": 2, "dice_fg": 0.6}, torch.nn.Linear(1, 1), panels("b"), True)
+    log.validation(3, ROW | {"step": 3, "dice_fg": 0.5}, torch.nn.Linear(1, 1), panels("c"), False)
+    assert saved == [] and log.queued == 0
+    log.close()
+    assert [(title, [p["name"] for p in shown]) for title, shown in saved] == [
+        ("step 2: best validation dice_fg 0.6000", ["b"])
+    ]
 
 
 def test_tables_escape_names_and_sort_numbers():

@@ -80,7 +80,7 @@ def _settings(start: dict, plan: Sequence[Sequence] | None, done: dict | None) -
 
 def _data(start: dict) -> str:
     """Class shares of the training pixels and the image counts."""
-    rows = [(c["name"], c["value"], 100 * float(c["share"])) for c in start.get("classes", [])]
+    rows = [(c["name"], c["value"], fmt(100 * float(c["share"]), 2)) for c in start.get("classes", [])]
     text = f"<p>{escape(str(start.get('data', '')))}: {start.get('train_images', '?')} training, "
     text += f"{start.get('val_images', '?')} validation images, {start.get('channels', '?')} channel(s).</p>"
     return text + table(["class", "mask value", "pixels %"], rows)

@@ -28,10 +28,13 @@ from unetseg.tracking import charts, mlflow_log, plots, report_html
 from unetseg.tracking.html import write_page
 
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
-# report.html and curves.png are redrawn after a round only when the last drawing took under this share of the time
-# since it started: frequent short rounds (a small dataset, a fast GPU) skip some refreshes instead of paying more.
-# The final report is always written.
+# report.html and curves.png are redrawn after a round only while all the drawings so far, this one and the final
+# one (always drawn) stay within this share of the time since the run started: frequent short rounds (a small
+# dataset, a fast GPU) and very short runs skip refreshes instead of paying more.
 REPORT_SHARE = 0.05
+# What a drawing is taken to cost until one has been timed (0.4-0.7 s measured on a 2-core CPU: the curves are
+# drawn by matplotlib).
+FIRST_DRAWING_S = 0.5
 
 
 def parse_loggers(loggers: str) -> list[str]:
@@ -77,8 +80,12 @@ class RunLog:
         self.best_confusion: list | None = None
         self.best_panels: list[dict] = []
         self.done: dict | None = None
-        self.drawn_at = -math.inf  # time.monotonic() when the last curves and report were queued
-        self.draw_cost = 0.0  # seconds the last drawing took (on the logging thread)
+        self.clock = time.monotonic
+        self.opened_at = self.clock()  # reset by start(): the report's share is of the time since then
+        self.queued = 0  # drawings handed to the logging thread
+        self.costs: list[float] = []  # seconds each finished drawing took (appended on the logging thread)
+        self.drawn: tuple[list[dict], dict[str, bytes]] | None = None  # the last rows drawn and their charts
+        self.gallery_due: tuple | None = None  # gallery.png of a best round whose refresh was skipped
 
     @property
     def wants_images(self) -> bool:
@@ -149,6 +156,7 @@ class RunLog:
         """The start-up summary; opens the backends now that the data (class names, colours) is known."""
         self.class_map = class_map
         self.start_fields, self.config = dict(fields), dict(config)
+        self.opened_at = self.clock()
         if self.run_dir:
             self._open_backends(config)
         self.event("start", lines, fields)
@@ -204,17 +212,28 @@ class RunLog:
         if improved:
             self.best_confusion = confusion
             self.best_panels = list(panels or [])
-        if self.run_dir and time.monotonic() - self.drawn_at >= self.draw_cost / REPORT_SHARE:
-            self.drawn_at = time.monotonic()
+        if improved and panels and self.run_dir:
+            name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
+            title = f"step {step}: best validation {name} {row.get(name, math.nan):.4f}"
+            self.gallery_due = (self.run_dir / "plots" / "gallery.png", self.best_panels, self.class_map, title)
+        if self.run_dir and self.may_draw():
+            self.queued += 1
             self._submit(self.write_pictures, self.rows())
-            if improved and panels:
-                name = "miou" if "miou" in row else "dice_fg"  # the score the round was ranked by
-                title = f"step {step}: best validation {name} {row.get(name, math.nan):.4f}"
-                self._submit(plots.save_gallery, self.run_dir / "plots" / "gallery.png", panels, self.class_map, title)
+            if self.gallery_due:
+                self._submit(plots.save_gallery, *self.gallery_due)
+                self.gallery_due = None
         if self.backends:
             hists = trackers.histograms(model)  # now: the next step changes the weights and clears the gradients
             views = plots.panel_views(panels or [], plots.class_colors(self.class_map))
             self._submit(self._each, "validation", step, dict(row), hists, views)
+
+    def may_draw(self) -> bool:
+        """Whether a refresh now keeps every drawing so far, this one and the final one within REPORT_SHARE of the
+        time since the run started (a queued drawing not yet timed counts at the last one's cost)."""
+        costs = list(self.costs)
+        cost = costs[-1] if costs else FIRST_DRAWING_S
+        spent = sum(costs) + cost * (self.queued - len(costs))
+        return spent + 2 * cost <= REPORT_SHARE * (self.clock() - self.opened_at)
 
     def _submit(self, job: object, *args: object) -> None:
         """Run ``job(*args)`` on the logging thread; errors of earlier jobs surface here, in order."""
@@ -276,15 +295,20 @@ class RunLog:
         self._write_csv()
 
     def write_pictures(self, rows: list[dict]) -> None:
-        """The learning curves, drawn once: ``plots/curves.png`` and report.html (on the logging thread)."""
+        """The learning curves, drawn once: ``plots/curves.png`` and report.html (on the logging thread). Rows
+        drawn already (the final report after a refreshed last round) reuse their charts."""
         started = time.monotonic()
-        all_classes = (self.start_fields or {}).get("score", {}).get("name") == "miou"
-        pictures = charts.curves(rows, self.class_map, all_classes)
-        curves = self.run_dir / "plots" / "curves.png"
-        curves.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(curves, charts.strip(pictures))
+        if self.drawn and self.drawn[0] == rows:
+            pictures = self.drawn[1]
+        else:
+            all_classes = (self.start_fields or {}).get("score", {}).get("name") == "miou"
+            pictures = charts.curves(rows, self.class_map, all_classes)
+            curves = self.run_dir / "plots" / "curves.png"
+            curves.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(curves, charts.strip(pictures))
+            self.drawn = (rows, pictures)
         self.write_report(rows, pictures)
-        self.draw_cost = time.monotonic() - started
+        self.costs.append(time.monotonic() - started)
 
     def write_report(self, rows: list[dict] | None = None, pictures: dict[str, bytes] | None = None) -> None:
         """Write ``report.html`` (atomically) from what the run has recorded so far."""
@@ -309,8 +333,11 @@ class RunLog:
         bounded) and train.log."""
         try:
             self._collect(wait=True)
-            if self.run_dir:  # the final picture and report, whatever the last rounds skipped
+            if self.run_dir:  # the final pictures and report, whatever the last rounds skipped
                 self.write_pictures(self.rows())
+                if self.gallery_due:
+                    plots.save_gallery(*self.gallery_due)
+                    self.gallery_due = None
         finally:
             if self.worker:
                 self.worker.shutdown()

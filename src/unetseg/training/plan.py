@@ -201,8 +201,8 @@ def _model(encoder_weights: bool, gpu: bool) -> tuple[str, str]:
     if gpu:
         return "unet", "the classic U-Net (Pytorch-UNet's); the registry's models are not yet compared on a GPU"
     return "unet", (
-        "the classic U-Net: in a rough measurement on a 2-core CPU it trained 2.4x the images a second of resunet "
-        "and 4.5x those of unet-resnet18 (benchmarks/README.md); a budget on a CPU needs steps"
+        "the classic U-Net: from scratch in 2 minutes on a 2-core CPU it scored 0.71 on nuclei and 0.41 on cracks; "
+        "of the other models only unet-resnet18 came close (0.67, 0.43), in single noisy runs (benchmarks/README.md)"
     )
 
 

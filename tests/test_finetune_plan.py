@@ -68,13 +68,3 @@ def test_a_given_model_wins_over_the_plan(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.strip().startswith("model "))
     assert "resunet" in row and "given (the plan would choose unet" in row
     assert "--model resunet" in out.splitlines()[-1]  # the command that trains with exactly this plan
-
-
-def test_the_width_is_planned_for_the_model_that_trains(tmp_path):
-    root = draw_set(tmp_path / "b", 12, (160, 128), big_blob)
-    assert plan_of(root, budget_s=300)["width"][0] == 16  # the classic U-Net: narrow, for 3x the steps
-    width, why = plan_of(root, budget_s=300, model="unet-resnet18")["width"]
-    assert width == 32 and "decoder" in why  # a narrower decoder would not make the encoder faster
-    assert plan_of(root, budget_s=300, encoder_weights="imagenet")["width"][0] == 32  # the planned ResNet-34
-    assert plan_of(root, budget_s=None, model="unet-resnet50")["width"][0] == 64  # smp's decoder
-    assert plan_of(root, budget_s=300, model="resunet")["width"][0] == 16  # every layer scales with its width

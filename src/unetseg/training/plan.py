@@ -146,16 +146,7 @@ def _patch(data: Dataset, gpu: bool, scale: float) -> tuple[int | None, str]:
     return patch, f"median short side {median} px at this scale, capped at {crop} on this device: {patch}x{patch} crops"
 
 
-def _width(gpu: bool, budget_s: float | None, model: str) -> tuple[int, str]:
-    if model.startswith("unet-resnet"):
-        # The width sets the decoder only (4x width ... width / 4): the encoder's cost does not change with it.
-        if gpu or budget_s is None or budget_s >= CPU_SMALL_BUDGET_S:
-            return 64, f"64, smp's decoder for {model} (256 ... 16 channels)"
-        return 32, (
-            f"32 on a CPU for a budget under {CPU_SMALL_BUDGET_S / 60:.0f} min: the width sets only {model}'s decoder "
-            "(128 ... 8 channels); narrower gains no steps (ResNet-34: 3.09 img/s at 16, 3.02 at 32, "
-            "2.15 at 64; benchmarks/README.md)"
-        )
+def _width(gpu: bool, budget_s: float | None) -> tuple[int, str]:
     if gpu:
         return 64, "64, the classic U-Net, on a GPU"
     if budget_s is not None and budget_s < CPU_SMALL_BUDGET_S:
@@ -307,7 +298,7 @@ def make_plan(
     encoder_weights = fixed.get("encoder_weights", "none") != "none"  # a pretrained encoder
     model, why = _model(encoder_weights, gpu)
     plan.append(("model", model, why))
-    width, why = _width(gpu, time_budget_s, fixed.get("model", model))  # for the model that will train
+    width, why = _width(gpu, time_budget_s)
     plan.append(("width", width, why))
     width = fixed.get("width", width)
     lr, why, faster = _learning_rate(fixed.get("optimizer", "adamw"), encoder_weights or bool(fixed.get("load")))

@@ -388,6 +388,7 @@ def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # trains, exports and predicts in subprocesses: 17-21 s each on 2 CPU cores
 @pytest.mark.parametrize("train_args", [["--width", "8"], ["--precision", "bf16"]], ids=["fp32-width8", "bf16"])
 def test_a_checkpoint_from_train_exports_with_the_defaults_and_predicts_the_same_masks(
     onnx_runtime, tmp_path, train_args

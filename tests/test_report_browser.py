@@ -75,6 +75,7 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a headless Chromium per page and screen: 5-6 s each on 2 CPU cores
 @pytest.mark.parametrize("rounds", [3, 300])
 def test_report_loads_without_errors_and_shows_everything(tmp_path, shots, rounds):
     page = write_run(tmp_path / f"run{rounds}", rounds)

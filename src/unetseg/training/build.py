@@ -22,7 +22,6 @@ from unetseg.data.augment import get_spec
 from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
 from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
-from unetseg.evaluation.choice import choose_score
 from unetseg.models import UNetResNet, create_model
 from unetseg.models.resnet import imagenet_norm
 from unetseg.models.weights import load_encoder_weights
@@ -156,8 +155,7 @@ def assemble(
         run.state = restore(learner, resume)
         clock.before = run.state.elapsed
         log.truncate_after(run.state.step)
-        choice = choose_score(data.class_map, cfg.score)
-        if resume.get("score", {}).get("name", "dice_fg") != choice.name:  # the best so far was another score
+        if resume.get("score", {}).get("name", "dice_fg") != run.choice.name:  # the best so far was another score
             run.state.best, run.state.rounds_since_best = -math.inf, 0
     return run
 

@@ -9,7 +9,6 @@ import torch
 from unetseg.core import distributed
 from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
-from unetseg.evaluation.choice import choose_score
 from unetseg.training.state import Run
 from unetseg.training.summary import report_end
 
@@ -34,7 +33,7 @@ def unexpected(err: BaseException) -> tuple[str, int]:
 def finish(run: Run, reason: str, code: int) -> dict:
     """Wait for the checkpoints, then the final summary, whose last line says why the run ended; unlock."""
     out, state = run.out, run.state
-    score = choose_score(run.feed.data.class_map, run.cfg.score).name
+    score = run.choice.name
     try:
         try:
             out.writer.close()  # every checkpoint on disk before the run is reported finished

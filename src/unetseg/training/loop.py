@@ -22,7 +22,7 @@ from unetseg.core.device import autocast, standardize, to_unit
 from unetseg.data.augment import augment_batch
 from unetseg.data.sampler import prefetch
 from unetseg.errors import UserError
-from unetseg.evaluation.choice import choose_score, is_better, round_scores
+from unetseg.evaluation.choice import is_better, round_scores
 from unetseg.evaluation.scoring import device_batches, evaluate
 from unetseg.training.build import build_run, steps_per_epoch
 from unetseg.training.ending import finish, out_of_memory, unexpected
@@ -135,7 +135,7 @@ def validate(run: Run) -> dict:
             batches=feed.val_batches or None,
             loss_fn=learner.loss_fn,
         )
-        choice = choose_score(data.class_map, cfg.score)
+        choice = run.choice
         score = choice.value(result)  # foreground Dice, or mIoU when class 0 is a real class
         if not learner.weights_finite():  # whatever the score says, such a model is never the best
             raise not_finite(run)
@@ -170,8 +170,9 @@ def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool)
     if read_now:
         state.skipped_steps, state.bad_streak = int(progress.bad_total), int(progress.bad_streak)
         if state.bad_streak >= cfg.max_bad_steps:
-            score = choose_score(run.feed.data.class_map, cfg.score).name
-            raise diverged(state, score, f"{state.bad_streak} consecutive steps had a non-finite loss or gradient")
+            raise diverged(
+                state, run.choice.name, f"{state.bad_streak} consecutive steps had a non-finite loss or gradient"
+            )
         if distributed.any_rank(stop.received is not None, hw.dist, hw.device):
             stop.received = stop.received or 15
             raise StopTraining("interrupted", exit_code=stop.exit_code)
@@ -292,8 +293,7 @@ def train(run: Run, stop: StopSignal, progress: Progress) -> tuple[str, int]:
 def validation_round(run: Run, progress: Progress) -> None:
     """Validate and report; the training window is read first, so that its img/s counts training time only."""
     trained = progress.read()
-    choice = choose_score(run.feed.data.class_map, run.cfg.score)
-    report_round(run.out.log, choice, run.feed.data.class_map.names, run.learner.model, validate(run) | trained)
+    report_round(run.out.log, run.choice, run.feed.data.class_map.names, run.learner.model, validate(run) | trained)
 
 
 def wrap_up(run: Run, progress: Progress, reason: str, code: int) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from unetseg.data.augment import AugmentSpec
 from unetseg.data.prepare import Dataset
 from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
-from unetseg.evaluation.choice import choose_score
+from unetseg.evaluation.choice import ScoreChoice, choose_score
 from unetseg.models import model_spec
 from unetseg.tracking.runlog import RunLog
 from unetseg.training.ema import EMA
@@ -171,6 +171,11 @@ class Run:
     clock: Clock
     state: TrainState = field(default_factory=TrainState)
 
+    @property
+    def choice(self) -> ScoreChoice:
+        """The validation score that ranks the rounds: foreground Dice, or mIoU when class 0 is a real class."""
+        return choose_score(self.feed.data.class_map, self.cfg.score)
+
 
 def _detached(state: dict) -> dict:
     """Contiguous tensors outside autograd; the checkpoint writer copies them to host memory."""
@@ -190,7 +195,7 @@ def checkpoint_dict(run: Run, with_train_state: bool = True) -> dict:
         data.class_map.to_dict(),
         run.cfg.scale,
         to_dict(run.cfg),
-        score=choose_score(data.class_map, run.cfg.score).record(run.state.best, run.state.best_step),
+        score=run.choice.record(run.state.best, run.state.best_step),
     )
     if with_train_state:
         ckpt["train_state"] = {
@@ -275,5 +280,4 @@ def save(run: Run, *names: str, with_train_state: bool = True) -> None:
 
 def not_finite(run: Run) -> StopTraining:
     """The stop for weights found non-finite (at a checkpoint or a validation round)."""
-    score = choose_score(run.feed.data.class_map, run.cfg.score).name
-    return diverged(run.state, score, f"the weights became non-finite by step {run.state.step} (not saved)")
+    return diverged(run.state, run.choice.name, f"the weights became non-finite by step {run.state.step} (not saved)")

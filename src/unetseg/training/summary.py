@@ -13,7 +13,7 @@ from torch import nn
 
 from unetseg.config import to_dict
 from unetseg.data.prepare import Dataset, class_frequencies
-from unetseg.evaluation.choice import ScoreChoice, choose_score
+from unetseg.evaluation.choice import ScoreChoice
 from unetseg.evaluation.panels import predict_panels
 from unetseg.tracking.runlog import RunLog
 from unetseg.training.state import Hardware, Run, TrainState
@@ -47,7 +47,7 @@ def summary(run: Run) -> None:
     world = hw.dist.world
     batch = f"batch {batches.batch_size}" + (f" x {world} processes = {batches.global_batch}" if world > 1 else "")
     hardware = device_name(hw.device)
-    choice = choose_score(data.class_map, cfg.score)
+    choice = run.choice
     lines = [
         f"unetseg train -> {out.dir}",
         f"  data        {data.root}: {len(data.train)} train, {len(data.val)} validation images, "
@@ -112,7 +112,7 @@ def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, har
         "global_batch": batches.global_batch,
         "start_step": run.state.step,
         "notes": list(data.notes),
-        "score": choose_score(data.class_map, cfg.score).describe(),
+        "score": run.choice.describe(),
     }
 
 

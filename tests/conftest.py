@@ -77,8 +77,20 @@ def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
-# Markers, so that `pytest -m "not slow"` gives a quick run: whole files by what they exercise, and the single
-# tests that take over about 5 s on 2 CPU cores (`pytest --durations=40` lists them).
+def slow_after(values, quick: int = 1) -> list:
+    """Parameters of a test where the first ``quick`` stay in the quick run and the rest are marked slow: each
+    trains or starts a process (about 1-3 s on 2 CPU cores), and the full suite runs them all. A tuple is one
+    case of several arguments."""
+    slow = pytest.mark.slow
+    return [
+        v if i < quick else pytest.param(*v, marks=slow) if isinstance(v, tuple) else pytest.param(v, marks=slow)
+        for i, v in enumerate(values)
+    ]
+
+
+# Markers, so that `pytest -m "not slow"` gives a quick run (under 2 minutes on 2 CPU cores): whole files by what
+# they exercise, and the single tests that take over about 1.5 s there or export ONNX models
+# (`pytest --durations=60` lists them). Parametrized tests keep a few cases in the quick run (slow_after).
 FILE_MARKERS = {
     "test_distributed.py": ("distributed", "slow"),
     "test_predict_gpu.py": ("gpu",),
@@ -97,6 +109,28 @@ SLOW_TESTS = {
     "test_export.py::test_onnx_logits_match_pytorch_on_sizes_not_seen_at_export",
     "test_export.py::test_an_export_that_fails_on_other_sizes_is_refused",
     "test_export.py::test_onnx_with_argmax_outputs_the_class_indices",
+    "test_export.py::test_metadata_and_sidecar_describe_the_model",
+    "test_export.py::test_onnx_predict_writes_the_same_masks_as_the_checkpoint",
+    "test_export.py::test_onnx_predict_path_does_not_import_torch",
+    "test_checkpoint.py::test_an_onnx_file_with_tampered_metadata_exits_2_with_one_message",
+    "test_pilot.py::test_no_pilot_trains_the_plan_directly",
+    "test_finetune_plan.py::test_train_with_a_weights_file_plans_the_model_and_the_encoder_rate",
+    "test_models.py::test_torchscript_export_matches_pytorch",
+    "test_logging.py::test_img_s_counts_training_time_not_the_validation_round",
+    "test_recipe.py::test_cross_validation_writes_scores_and_an_ensemble_that_predicts",
+    "test_encoder_weights.py::test_train_with_imagenet_weights_uses_imagenet_normalisation",
+    "test_train_faults.py::test_resume_from_weights_only_best_pt_says_what_works",
+    "test_train_faults.py::test_overwrite_starts_a_fresh_run",
+    "test_train_faults.py::test_a_run_directory_in_use_is_refused",
+    "test_pilot.py::test_options_the_user_gave_are_not_piloted",
+    "test_recipe.py::test_one_fold_at_a_time_then_the_last_one_completes_the_ensemble",
+    "test_recipe.py::test_ensemble_checkpoint_round_trip",
+    "test_export.py::test_cuda_without_a_cuda_onnxruntime_is_a_clear_error",
+    "test_train_faults.py::test_unreadable_last_pt_suggests_a_command_that_works",
+    "test_train_faults.py::test_stale_temporaries_are_removed_on_resume_and_only_ours",
+    "test_plan_scale.py::test_large_objects_train_downscaled_thin_lines_at_full_resolution",
+    "test_data_faults.py::test_a_file_where_the_cache_folder_belongs_is_replaced",
+    "test_encoder_weights.py::test_weights_that_do_not_fit_name_what_is_missing_extra_or_misshapen",
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import slow_after
 from unetseg.cli import main
 from unetseg.data.formats import resolve
 from unetseg.data.formats.cityscapes import CLASSES
@@ -233,7 +234,7 @@ def test_generated_masks_are_reused_and_rebuilt_after_an_edit(tmp_path):
     assert (_mask(edited.folders["val"], "frankfurt_000000_000019") == 13).all()  # car everywhere
 
 
-@pytest.mark.parametrize("fmt", ["coco", "voc", "cityscapes", "labelme", "yolo", "cvat"])
+@pytest.mark.parametrize("fmt", slow_after(["coco", "voc", "cityscapes", "labelme", "yolo", "cvat"]))
 def test_train_one_epoch_then_evaluate(tmp_path, fmt, capsys):
     if fmt == "coco":
         data = make_coco(tmp_path / "coco", pytest.importorskip("pycocotools.mask"))

@@ -15,7 +15,7 @@ from PIL import Image
 
 import unetseg.data.cache as cache_module
 import unetseg.data.index as index_module
-from conftest import make_dataset
+from conftest import make_dataset, slow_after
 from unetseg.cli import main
 from unetseg.data.classmap import ClassMap
 from unetseg.tracking.charts import save_curves
@@ -270,7 +270,7 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("damage", slow_after(list(DAMAGE), 2))
 def test_a_damaged_data_cache_is_rebuilt_and_said_once(tmp_path, capsys, damage):
     breaker, reason = DAMAGE[damage]
     root = make_dataset(tmp_path / "data", count=4, size=(32, 32))

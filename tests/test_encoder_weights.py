@@ -10,7 +10,7 @@ import urllib.error
 import pytest
 import torch
 
-from conftest import make_dataset
+from conftest import make_dataset, slow_after
 from unetseg.cli import main
 from unetseg.core.checkpoint import load_checkpoint
 from unetseg.errors import UserError
@@ -74,7 +74,7 @@ def test_encoder_has_torchvisions_names_and_shapes(depth):
     assert {k: tuple(v.shape) for k, v in own.items() if not k.endswith("num_batches_tracked")} == published
 
 
-@pytest.mark.parametrize("name", RESNETS)
+@pytest.mark.parametrize("name", slow_after(RESNETS, 2))  # ResNet-50 only in the full run
 @pytest.mark.parametrize("layout", ["torchvision", "timm"])
 def test_encoder_weights_load_from_torchvision_and_timm_files(name, layout, tmp_path):
     depth = int(name.removeprefix("unet-resnet"))

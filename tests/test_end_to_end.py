@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_dataset
+from conftest import make_dataset, slow_after
 from unetseg.cli import main
 
 
@@ -168,13 +168,16 @@ def test_tiny_training_set_still_validates_every_epoch(tmp_path):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [
-        (["train", "--data", "/nonexistent/folder"], "does not exist"),
-        (["train", "--data", "{empty}"], "no image folder"),
-        (["train", "--data", "{data}", "-c", "1", "--width", "4"], None),
-        (["predict", "-m", "/nonexistent.pt", "-i", "x.png"], "does not exist"),
-        (["train", "--data", "{data}", "--time-budget", "soon"], "--time-budget"),
-    ],
+    slow_after(  # a fresh process each (about 2.5 s); test_options keeps one subprocess case in the quick run
+        [
+            (["train", "--data", "/nonexistent/folder"], "does not exist"),
+            (["train", "--data", "{empty}"], "no image folder"),
+            (["train", "--data", "{data}", "-c", "1", "--width", "4"], None),
+            (["predict", "-m", "/nonexistent.pt", "-i", "x.png"], "does not exist"),
+            (["train", "--data", "{data}", "--time-budget", "soon"], "--time-budget"),
+        ],
+        quick=0,
+    ),
 )
 def test_bad_input_exits_2_with_one_message(tmp_path, args, needle):
     data = make_dataset(tmp_path / "d", count=3, values=(0, 1, 2))

@@ -310,6 +310,9 @@ def plain_onnx(path: Path) -> Path:
     return path
 
 
+ONNX_CASE = pytest.mark.slow  # needs an exported model: seconds per export on 2 CPU cores
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -322,24 +325,37 @@ def plain_onnx(path: Path) -> Path:
         (["predict", "-m", "{tmp}/missing.onnx", "-i", "{image}"], "missing.onnx: ONNX model file does not exist"),
         (["predict", "-m", "{garbage}", "-i", "{image}"], "garbage.onnx: not a readable ONNX model"),
         (["predict", "-m", "{plain}", "-i", "{image}"], "plain.onnx: this ONNX model carries no unetseg metadata"),
-        (["predict", "-m", "{argmax}", "-i", "{image}"], "exported with --with-argmax"),
-        (["predict", "-m", "{onnx}", "-i", "{image}", "--amp"], "--amp is not available with an ONNX model"),
-        (["predict", "-m", "{onnx}", "-i", "{image}", "--device", "mps"], "ONNX models run on auto, cpu, cuda"),
-        (["predict", "-m", "{onnx}", "-i", "{image}", "-s", "0.1"], "smaller than the 16x16 the U-Net needs"),
-        (["predict", "-m", "{onnx}"], "-i/--input is required"),
+        pytest.param(["predict", "-m", "{argmax}", "-i", "{image}"], "exported with --with-argmax", marks=ONNX_CASE),
+        pytest.param(
+            ["predict", "-m", "{onnx}", "-i", "{image}", "--amp"],
+            "--amp is not available with an ONNX model",
+            marks=ONNX_CASE,
+        ),
+        pytest.param(
+            ["predict", "-m", "{onnx}", "-i", "{image}", "--device", "mps"],
+            "ONNX models run on auto, cpu, cuda",
+            marks=ONNX_CASE,
+        ),
+        pytest.param(
+            ["predict", "-m", "{onnx}", "-i", "{image}", "-s", "0.1"],
+            "smaller than the 16x16 the U-Net needs",
+            marks=ONNX_CASE,
+        ),
+        pytest.param(["predict", "-m", "{onnx}"], "-i/--input is required", marks=ONNX_CASE),
     ],
 )
 def test_bad_input_exits_2_with_one_message(store, onnx_runtime, tmp_path, capsys, args, needle):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
-    names = {
-        "tmp": tmp_path,
-        "ckpt": store("rgb3"),
-        "onnx": store("rgb3", "--format", "onnx"),
-        "argmax": store("rgb3", "--with-argmax"),
-        "garbage": tmp_path / "garbage.onnx",
-        "plain": plain_onnx(tmp_path / "plain.onnx") if "{plain}" in args else "",
-        "image": write_images(tmp_path / "imgs", "rgb3") / "im0.png",
+    made = {  # only what the case names: an ONNX export costs seconds
+        "tmp": lambda: tmp_path,
+        "ckpt": lambda: store("rgb3"),
+        "onnx": lambda: store("rgb3", "--format", "onnx"),
+        "argmax": lambda: store("rgb3", "--with-argmax"),
+        "garbage": lambda: tmp_path / "garbage.onnx",
+        "plain": lambda: plain_onnx(tmp_path / "plain.onnx"),
+        "image": lambda: write_images(tmp_path / "imgs", "rgb3") / "im0.png",
     }
+    names = {key: make() for key, make in made.items() if any(f"{{{key}}}" in a for a in args)}
     assert main([a.format(**names) for a in args] + ["--quiet"]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -362,7 +378,8 @@ def test_unknown_format_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
 def test_missing_onnx_packages_say_how_to_install_them(store, tmp_path, monkeypatch, capsys, module):
     pytest.importorskip("onnxruntime")
-    onnx_file = store("rgb3", "--format", "onnx") if module == "onnxruntime" else None
+    # onnxruntime is missing before the file is read: any ONNX file will do
+    onnx_file = plain_onnx(tmp_path / "plain.onnx") if module == "onnxruntime" else None
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     if module == "onnx":
         args = ["export", "-m", str(store("rgb3")), "-o", str(tmp_path / "m.onnx")]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_dataset
+from conftest import make_dataset, slow_after
 from unetseg.cli import main
 from unetseg.core.checkpoint import build_model, inference_checkpoint, load_checkpoint, save_atomic
 from unetseg.core.device import normalize
@@ -42,7 +42,7 @@ def test_every_trainable_model_is_under_test():
     assert set(SMALL) == set(TRAINABLE)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", slow_after(list(SMALL), 3))  # ResNet-34 and -50 only in the full run
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_forward_and_backward_at_odd_sizes(name, channels):
     model = small(name, channels, classes=3).train()
@@ -81,7 +81,7 @@ def write_checkpoint(model: torch.nn.Module, path: Path, channels: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", slow_after(list(SMALL), 3))
 def test_save_load_gives_the_same_model(name, tmp_path):
     model = settled(small(name, 3), 3)
     ckpt = load_checkpoint(write_checkpoint(model, tmp_path / "m.pt", 3))

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import unetseg
+from conftest import slow_after
 from test_plan_scale import big_blob, draw_set, plan_of, thin_lines
 from unetseg.errors import UserError
 from unetseg.training import plan as plan_module
@@ -46,7 +47,7 @@ def test_options_the_user_gave_are_not_piloted(tmp_path):
     assert "learning_rate=" not in pretrained["pilots"][0]
 
 
-@pytest.mark.parametrize("budget_s", [120, 300, 400, 600, 900, 1800, 7200])
+@pytest.mark.parametrize("budget_s", slow_after([120, 600, 7200, 300, 400, 900, 1800], 3))
 def test_pilots_share_at_most_a_fifth_of_the_budget(tmp_path, budget_s):
     plan = plan_of(draw_set(tmp_path / "b", 40, (300, 240), big_blob), budget_s=budget_s)
     count = len(candidates(plan))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_dataset
+from conftest import make_dataset, slow_after
 from unetseg.cli import main
 from unetseg.config import TrainConfig, build
 from unetseg.core import atomic
@@ -291,7 +291,7 @@ def test_stale_temporaries_are_removed_on_resume_and_only_ours(data, tmp_path):
 # --- resuming from a damaged run ---
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_unreadable_last_pt_suggests_a_command_that_works(data, tmp_path, capsys, damage):
     run = tmp_path / "run"
     assert train(data, run, "-e", "1", "--val-rounds", "1") == 0
@@ -322,7 +322,10 @@ def test_resume_from_weights_only_best_pt_says_what_works(data, tmp_path, capsys
 # --- the schedule of validation rounds ---
 
 
-@pytest.mark.parametrize("accumulate, rounds, expected", [(3, 3, 3), (3, 5, 4), (1, 5, 5), (4, 2, 2), (20, 3, 1)])
+ROUND_CASES = [(3, 5, 4), (20, 3, 1), (3, 3, 3), (1, 5, 5), (4, 2, 2)]  # accumulate, rounds per epoch, rounds run
+
+
+@pytest.mark.parametrize("accumulate, rounds, expected", slow_after(ROUND_CASES, 2))
 def test_validation_rounds_fall_on_optimizer_steps(tmp_path, accumulate, rounds, expected):
     train_set = make_dataset(tmp_path / "train", count=20, size=(32, 32))
     val_set = make_dataset(tmp_path / "val", count=2, size=(32, 32), seed=1)

@@ -116,13 +116,22 @@ def test_evaluate_scores_a_downscaled_model_at_the_images_own_size(tmp_path):
 
 
 def test_augmentation_is_light_for_many_images_and_few_epochs(tmp_path):
-    def dot(draw, rng):
-        x, y = rng.integers(10, 50, 2).tolist()
-        draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=1)
+    def disc(draw, rng):  # about 21 px thick: not a thin structure
+        x, y = rng.integers(24, 72), rng.integers(24, 48)
+        draw.ellipse([x - 18, y - 18, x + 18, y + 18], fill=1)
 
-    many = draw_set(tmp_path / "many", 170, (64, 48), dot)
-    assert plan_of(many, budget_s=10)["augment"][0] == "light"  # ~9 epochs of 150 images
+    many = draw_set(tmp_path / "many", 170, (96, 72), disc)
+    assert plan_of(many, budget_s=20)["augment"][0] == "light"  # ~9 epochs of 150 images
     assert plan_of(many, budget_s=3600)["augment"][0] == "default"  # thousands of epochs: variety pays
-    few = draw_set(tmp_path / "few", 20, (64, 48), dot)
-    chosen, why = plan_of(few, budget_s=10)["augment"]
+    few = draw_set(tmp_path / "few", 20, (96, 72), disc)
+    chosen, why = plan_of(few, budget_s=20)["augment"]
     assert chosen == "default" and "fewer than" in why
+    assert plan_of(few, budget_s=20)["foreground_crops"][0] == 0.33  # small objects: a third of crops on them
+
+
+def test_thin_structures_train_on_light_augmentation_and_uniform_crops(tmp_path):
+    lines = plan_of(draw_set(tmp_path / "l", 20, (300, 240), thin_lines))
+    assert lines["augment"][0] == "light" and "px thick" in lines["augment"][1]
+    assert lines["foreground_crops"][0] == 0.0 and "uniform crops" in lines["foreground_crops"][1]
+    blobs = plan_of(draw_set(tmp_path / "b", 20, (300, 240), big_blob))
+    assert blobs["augment"][0] == "default" and blobs["foreground_crops"][0] == 0.33

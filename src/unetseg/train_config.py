@@ -108,11 +108,13 @@ class TrainConfig(DataConfig):
     )
     foreground_crops: float = option(
         0.33,
-        "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen",
+        "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen; "
+        "planned 0 for thin structures",
         group="sampling and augmentation",
         low=0,
         high=1,
         unit="a share",
+        planned=True,
     )
     epochs: int = option(
         5,

@@ -39,6 +39,9 @@ TARGET_EPOCHS = 40
 PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores with bf16; the width-64 one on a GPU
 # Augmentation stands in for images a dataset lacks. With many images and a budget of few passes over them, each
 # image is seen too few times for random warps and colour changes to pay; the budget goes to convergence instead.
+# Thin structures (the thinnest common class under DETAIL_PX) train on light augmentation and uniform crops: a warp's
+# resampling, blur and noise erase a line a few pixels wide, and crops centred on it over-teach it (benchmarks/README).
+FOREGROUND_CROPS = 0.33  # otherwise this share of crops is centred on a foreground pixel (nnU-Net's)
 MANY_IMAGES = 150
 FEW_EPOCHS = 50
 UPRIGHT_BALANCE = 0.5  # a class this much more often in one half of the image than the other marks an up and down
@@ -58,9 +61,7 @@ def _scale(
 ) -> tuple[float, str, float | None]:
     """The training resolution: as low as the thinnest common structure, the context and the budget allow; and a
     higher one to try in a pilot where the budget or the objects' size, not a limit, set it (None: none)."""
-    names = data.class_map.names
-    main = [(c.thickness, n) for c, n in zip(shapes.classes, names) if c.share >= DETAIL_SHARE and c.thickness]
-    thinnest, which = min(main) if main else (float("inf"), "")
+    thinnest, which = _thinnest(data, shapes)
     detail = DETAIL_PX / thinnest
     side = MIN_SIDE_PX / max(shapes.short_side, 1)
     objects = _object_thickness(data, shapes)
@@ -84,6 +85,13 @@ def _scale(
     # A trade of resolution for context or for epochs is a judgement, not a limit: a pilot tries a step higher.
     higher = _rounded(min(1.0, scale * PILOT_SCALE_STEP)) if scale < 1 and floor < min(context, speed) else None
     return scale, (f"{why}: train at {scale:g} of the size" if scale < 1 else f"{why}: full resolution"), higher
+
+
+def _thinnest(data: Dataset, shapes: Shapes) -> tuple[float, str]:
+    """Thickness (px) and name of the thinnest class with at least DETAIL_SHARE of the pixels; (inf, "") if none."""
+    names = data.class_map.names
+    main = [(c.thickness, n) for c, n in zip(shapes.classes, names) if c.share >= DETAIL_SHARE and c.thickness]
+    return min(main) if main else (float("inf"), "")
 
 
 def _rounded(scale: float) -> float:
@@ -119,9 +127,17 @@ def _epochs(device: str, budget_s: float, images: int, pixels: int) -> float:
     return PIXELS_PER_S[device] * budget_s / (max(images, 1) * max(pixels, 1))
 
 
-def _augment(data: Dataset, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
-    """``light`` for many images and a budget of few epochs, else ``default``."""
+def _augment(
+    data: Dataset, shapes: Shapes, device: str, budget_s: float | None, pixels: int
+) -> tuple[str, str]:
+    """``light`` for thin structures, or for many images and a budget of few epochs; else ``default``."""
     count = len(data.train)
+    thinnest, which = _thinnest(data, shapes)
+    if thinnest < DETAIL_PX:
+        return "light", (
+            f"{which} is {thinnest:.0f} px thick: warps resample it, blur and noise erase it; flips and mild "
+            "intensity only"
+        )
     if not budget_s:
         return "default", "no time budget: the epochs are yours to choose"
     epochs = _epochs(device, budget_s, count, pixels)
@@ -132,6 +148,20 @@ def _augment(data: Dataset, device: str, budget_s: float | None, pixels: int) ->
         )
     reason = f"fewer than {MANY_IMAGES} images" if count < MANY_IMAGES else f"about {epochs:.0f} epochs in the budget"
     return "default", f"{reason}: random scale/rotation/shift and intensity changes stand in for more data"
+
+
+def _foreground_crops(data: Dataset, shapes: Shapes) -> tuple[float, str]:
+    """Uniform crops for thin structures; else FOREGROUND_CROPS of them centred on a foreground class."""
+    thinnest, which = _thinnest(data, shapes)
+    if thinnest < DETAIL_PX:
+        return 0.0, (
+            f"{which} is {thinnest:.0f} px thick: uniform crops (crops centred on a class would show a thin "
+            "structure several times as often as the data holds it, and the model learns to draw too much of it)"
+        )
+    return FOREGROUND_CROPS, (
+        f"{FOREGROUND_CROPS:.0%} of the crops centred on a foreground pixel, class by class (nnU-Net's choice), "
+        "so small and rare objects are seen"
+    )
 
 
 def _patch(data: Dataset, gpu: bool, scale: float) -> tuple[int | None, str]:
@@ -242,7 +272,13 @@ def _pilots(budget_s: float | None, alternatives: list[str], fixed: dict, has_va
 
 
 def _resolution(
-    data: Dataset, device: torch.device, budget_s: float | None, fixed: dict, scale: float, width: int
+    data: Dataset,
+    shapes: Shapes,
+    device: torch.device,
+    budget_s: float | None,
+    fixed: dict,
+    scale: float,
+    width: int,
 ) -> list[tuple[str, object, str]]:
     """The choices that follow from the training resolution: crops, batch, augmentation, validation schedule."""
     gpu = device.type == "cuda"
@@ -256,8 +292,10 @@ def _resolution(
     batch, why = _batch(device, shape[0] * shape[1], width)
     rows.append(("batch_size", batch, why))
     batch = fixed.get("batch_size", batch)
-    augment, why = _augment(data, "cuda" if gpu else "cpu", budget_s, shape[0] * shape[1])
+    augment, why = _augment(data, shapes, "cuda" if gpu else "cpu", budget_s, shape[0] * shape[1])
     rows.append(("augment", augment, why))
+    crops, why = _foreground_crops(data, shapes)
+    rows.append(("foreground_crops", crops, why))
     rounds, every, why = _validation(data, batch, shape, gpu, at)
     if every > 1 and fixed.get("epochs") and not budget_s and "val_every" not in fixed:
         # A run of a few fixed epochs must report a score each epoch; "one every N epochs" could leave one round.
@@ -305,7 +343,7 @@ def make_plan(
     plan.append(("learning_rate", lr, why))
     scale_lr, why = _encoder_lr_scale(encoder_weights)
     plan.append(("encoder_lr_scale", scale_lr, why))
-    resolution = _resolution(data, device, time_budget_s, fixed, scale, width)
+    resolution = _resolution(data, shapes, device, time_budget_s, fixed, scale, width)
     plan += resolution
     freq = class_frequencies(data.train, data.class_map.num_classes)
     rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
@@ -328,7 +366,7 @@ def make_plan(
     alternatives = []
     if higher and "scale" not in fixed:
         # The higher resolution with what follows from it (crops, augmentation, validation), where not given.
-        follows = _resolution(data, device, time_budget_s, fixed, higher, width)
+        follows = _resolution(data, shapes, device, time_budget_s, fixed, higher, width)
         changed = {"scale": higher} | {
             n: v for (n, v, _), (_, old, _) in zip(follows, resolution) if v != old and n not in fixed
         }

@@ -127,9 +127,7 @@ def _epochs(device: str, budget_s: float, images: int, pixels: int) -> float:
     return PIXELS_PER_S[device] * budget_s / (max(images, 1) * max(pixels, 1))
 
 
-def _augment(
-    data: Dataset, shapes: Shapes, device: str, budget_s: float | None, pixels: int
-) -> tuple[str, str]:
+def _augment(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
     """``light`` for thin structures, or for many images and a budget of few epochs; else ``default``."""
     count = len(data.train)
     thinnest, which = _thinnest(data, shapes)

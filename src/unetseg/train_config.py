@@ -25,6 +25,7 @@ MIN_TILE = 16  # the U-Net halves its input 4 times
 MAX_SIZE = 4096  # patch sizes above this exhaust any GPU's memory at batch 1; tile the images instead
 WORKERS = {"low": 1, "high": 256}
 BATCH = {"low": 1, "high": 4096}
+FOREGROUND_CROPS = 0.33  # share of crops centred on a foreground pixel where the plan keeps it (nnU-Net's)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class TrainConfig(DataConfig):
         planned=True,
     )
     foreground_crops: float = option(
-        0.33,
+        FOREGROUND_CROPS,
         "share of random crops centred on a foreground pixel (nnU-Net's choice), so small objects are seen; "
         "planned 0 for thin structures",
         group="sampling and augmentation",

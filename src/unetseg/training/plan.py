@@ -16,6 +16,7 @@ from unetseg.data.prepare import Dataset, class_frequencies
 from unetseg.data.samples import scaled_size
 from unetseg.data.shapes import Shapes, measure
 from unetseg.evaluation.choice import choose_score
+from unetseg.train_config import FOREGROUND_CROPS
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
@@ -41,7 +42,6 @@ PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores wi
 # image is seen too few times for random warps and colour changes to pay; the budget goes to convergence instead.
 # Thin structures (the thinnest common class under DETAIL_PX) train on light augmentation and uniform crops: a warp's
 # resampling, blur and noise erase a line a few pixels wide, and crops centred on it over-teach it (benchmarks/README).
-FOREGROUND_CROPS = 0.33  # otherwise this share of crops is centred on a foreground pixel (nnU-Net's)
 MANY_IMAGES = 150
 FEW_EPOCHS = 50
 UPRIGHT_BALANCE = 0.5  # a class this much more often in one half of the image than the other marks an up and down
@@ -94,6 +94,12 @@ def _thinnest(data: Dataset, shapes: Shapes) -> tuple[float, str]:
     return min(main) if main else (float("inf"), "")
 
 
+def _thin_structure(data: Dataset, shapes: Shapes) -> str:
+    """ "crop is 9 px thick" when the thinnest common class is under DETAIL_PX thick; else ""."""
+    thinnest, which = _thinnest(data, shapes)
+    return f"{which} is {thinnest:.0f} px thick" if thinnest < DETAIL_PX else ""
+
+
 def _rounded(scale: float) -> float:
     """Scales in eighths; 1.0 above 7/8, where a resize would save little and blur the masks."""
     return 1.0 if scale > 0.875 else max(0.125, round(scale * 8) / 8)
@@ -127,15 +133,12 @@ def _epochs(device: str, budget_s: float, images: int, pixels: int) -> float:
     return PIXELS_PER_S[device] * budget_s / (max(images, 1) * max(pixels, 1))
 
 
-def _augment(data: Dataset, shapes: Shapes, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
-    """``light`` for thin structures, or for many images and a budget of few epochs; else ``default``."""
+def _augment(data: Dataset, thin: str, device: str, budget_s: float | None, pixels: int) -> tuple[str, str]:
+    """``light`` for a ``thin`` structure (see _thin_structure), or for many images and a budget of few epochs;
+    else ``default``."""
     count = len(data.train)
-    thinnest, which = _thinnest(data, shapes)
-    if thinnest < DETAIL_PX:
-        return "light", (
-            f"{which} is {thinnest:.0f} px thick: warps resample it, blur and noise erase it; flips and mild "
-            "intensity only"
-        )
+    if thin:
+        return "light", f"{thin}: warps resample it, blur and noise erase it; flips and mild intensity only"
     if not budget_s:
         return "default", "no time budget: the epochs are yours to choose"
     epochs = _epochs(device, budget_s, count, pixels)
@@ -148,13 +151,13 @@ def _augment(data: Dataset, shapes: Shapes, device: str, budget_s: float | None,
     return "default", f"{reason}: random scale/rotation/shift and intensity changes stand in for more data"
 
 
-def _foreground_crops(data: Dataset, shapes: Shapes) -> tuple[float, str]:
-    """Uniform crops for thin structures; else FOREGROUND_CROPS of them centred on a foreground class."""
-    thinnest, which = _thinnest(data, shapes)
-    if thinnest < DETAIL_PX:
+def _foreground_crops(thin: str) -> tuple[float, str]:
+    """Uniform crops for a ``thin`` structure (see _thin_structure); else FOREGROUND_CROPS of them centred on a
+    foreground class."""
+    if thin:
         return 0.0, (
-            f"{which} is {thinnest:.0f} px thick: uniform crops (crops centred on a class would show a thin "
-            "structure several times as often as the data holds it, and the model learns to draw too much of it)"
+            f"{thin}: uniform crops (crops centred on a class would show a thin structure several times as often as "
+            "the data holds it, and the model learns to draw too much of it)"
         )
     return FOREGROUND_CROPS, (
         f"{FOREGROUND_CROPS:.0%} of the crops centred on a foreground pixel, class by class (nnU-Net's choice), "
@@ -270,15 +273,10 @@ def _pilots(budget_s: float | None, alternatives: list[str], fixed: dict, has_va
 
 
 def _resolution(
-    data: Dataset,
-    shapes: Shapes,
-    device: torch.device,
-    budget_s: float | None,
-    fixed: dict,
-    scale: float,
-    width: int,
+    data: Dataset, thin: str, device: torch.device, budget_s: float | None, fixed: dict, scale: float, width: int
 ) -> list[tuple[str, object, str]]:
-    """The choices that follow from the training resolution: crops, batch, augmentation, validation schedule."""
+    """The choices that follow from the training resolution: crops, batch, augmentation, validation schedule;
+    ``thin`` as _thin_structure says."""
     gpu = device.type == "cuda"
     rows: list[tuple[str, object, str]] = []
     # The data arrive at the user's scale when one was given, at full resolution otherwise.
@@ -290,9 +288,9 @@ def _resolution(
     batch, why = _batch(device, shape[0] * shape[1], width)
     rows.append(("batch_size", batch, why))
     batch = fixed.get("batch_size", batch)
-    augment, why = _augment(data, shapes, "cuda" if gpu else "cpu", budget_s, shape[0] * shape[1])
+    augment, why = _augment(data, thin, "cuda" if gpu else "cpu", budget_s, shape[0] * shape[1])
     rows.append(("augment", augment, why))
-    crops, why = _foreground_crops(data, shapes)
+    crops, why = _foreground_crops(thin)
     rows.append(("foreground_crops", crops, why))
     rounds, every, why = _validation(data, batch, shape, gpu, at)
     if every > 1 and fixed.get("epochs") and not budget_s and "val_every" not in fixed:
@@ -341,7 +339,8 @@ def make_plan(
     plan.append(("learning_rate", lr, why))
     scale_lr, why = _encoder_lr_scale(encoder_weights)
     plan.append(("encoder_lr_scale", scale_lr, why))
-    resolution = _resolution(data, shapes, device, time_budget_s, fixed, scale, width)
+    thin = _thin_structure(data, shapes)
+    resolution = _resolution(data, thin, device, time_budget_s, fixed, scale, width)
     plan += resolution
     freq = class_frequencies(data.train, data.class_map.num_classes)
     rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
@@ -364,7 +363,7 @@ def make_plan(
     alternatives = []
     if higher and "scale" not in fixed:
         # The higher resolution with what follows from it (crops, augmentation, validation), where not given.
-        follows = _resolution(data, shapes, device, time_budget_s, fixed, higher, width)
+        follows = _resolution(data, thin, device, time_budget_s, fixed, higher, width)
         changed = {"scale": higher} | {
             n: v for (n, v, _), (_, old, _) in zip(follows, resolution) if v != old and n not in fixed
         }

@@ -80,14 +80,14 @@ def test_ema_is_the_exponential_average_of_the_weights_and_copies_integer_buffer
     assert torch.allclose(model.weight, torch.tensor([3.0, 4.0]))  # the trained weights come back
 
 
-def test_auto_class_weights_are_one_over_the_root_of_the_pixel_share_with_mean_one():
+def test_auto_class_weights_weigh_up_only_the_classes_under_five_percent():
     mask = np.zeros((10, 10), np.uint8)
-    mask[:, :1] = 1  # class 1: 10% of the pixels; class 0: 90%
-    data = SimpleNamespace(class_map=ClassMap([0, 1]), train=[Sample("a", np.zeros((10, 10, 1), np.uint8), mask)])
-    raw = np.array([1 / math.sqrt(0.9), 1 / math.sqrt(0.1)])
-    assert class_weights("auto", data).numpy() == pytest.approx(raw / raw.mean(), rel=1e-6)
+    mask[:, :2] = 1  # class 1: 20% of the pixels
+    mask[0, 2] = 2  # class 2: 1% of the pixels; class 0: the other 79%
+    data = SimpleNamespace(class_map=ClassMap([0, 1, 2]), train=[Sample("a", np.zeros((10, 10, 1), np.uint8), mask)])
+    assert class_weights("auto", data).numpy() == pytest.approx([1.0, 1.0, math.sqrt(0.05 / 0.01)], rel=1e-6)
     assert class_weights("none", data) is None
-    assert class_weights("1,5", data).tolist() == [1.0, 5.0]
+    assert class_weights("1,5,2", data).tolist() == [1.0, 5.0, 2.0]
 
 
 def test_options_from_a_config_file_and_the_command_line_wins(tmp_path):

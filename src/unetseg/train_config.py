@@ -26,6 +26,7 @@ MAX_SIZE = 4096  # patch sizes above this exhaust any GPU's memory at batch 1; t
 WORKERS = {"low": 1, "high": 256}
 BATCH = {"low": 1, "high": 4096}
 FOREGROUND_CROPS = 0.33  # share of crops centred on a foreground pixel where the plan keeps it (nnU-Net's)
+RARE_CLASS_SHARE = 0.05  # below this pixel share a class is rare: the plan weighs the loss toward it
 
 
 @dataclass
@@ -180,7 +181,7 @@ class TrainConfig(DataConfig):
     )
     class_weights: str = option(
         "none",
-        "per-class loss weights: none, auto (1/sqrt of pixel share), or e.g. 1,5",
+        "per-class loss weights: none, auto (rare classes up by sqrt(5% / share)), or e.g. 1,5",
         group="optimisation",
         check=check_class_weights,
         planned=True,

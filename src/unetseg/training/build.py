@@ -26,6 +26,7 @@ from unetseg.models import UNetResNet, create_model
 from unetseg.models.resnet import imagenet_norm
 from unetseg.models.weights import load_encoder_weights
 from unetseg.tracking.runlog import RunLog
+from unetseg.train_config import RARE_CLASS_SHARE
 from unetseg.training.ema import EMA
 from unetseg.training.losses import build_loss
 from unetseg.training.optim import Schedule, build_optimizer
@@ -89,14 +90,18 @@ def build_model(
 
 
 def class_weights(option: str, data: Dataset) -> torch.Tensor | None:
-    """Per-class loss weights: none, auto (1 / sqrt(pixel share), mean 1), or a comma-separated list."""
+    """Per-class loss weights: none, auto, or a comma-separated list.
+
+    ``auto`` weighs up only the rare classes, by sqrt(RARE_CLASS_SHARE / pixel share); every other class keeps
+    weight 1. Weighing the common classes down instead (1 / sqrt(share) for all) makes the pixels of a dominant
+    class next to a rare one cheap to get wrong: the rare class grows into them and its IoU falls.
+    """
     k = data.class_map.num_classes
     if option == "none":
         return None
     if option == "auto":
         freq = torch.tensor(class_frequencies(data.train, k), dtype=torch.float32).clamp_min(1e-4)
-        weights = freq.rsqrt()
-        return weights / weights.mean()
+        return (RARE_CLASS_SHARE / freq).sqrt().clamp_min(1)
     try:
         weights = torch.tensor([float(v) for v in option.split(",")])
     except ValueError:

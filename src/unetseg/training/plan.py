@@ -16,13 +16,12 @@ from unetseg.data.prepare import Dataset, class_frequencies
 from unetseg.data.samples import scaled_size
 from unetseg.data.shapes import Shapes, measure
 from unetseg.evaluation.choice import choose_score
-from unetseg.train_config import FOREGROUND_CROPS
+from unetseg.train_config import FOREGROUND_CROPS, RARE_CLASS_SHARE
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
 BYTES_PER_PIXEL_PER_WIDTH = 14.7 * 2**30 / (8 * 959 * 640 * 64)
 GPU_MEMORY_SHARE = 0.6  # leave room for the allocator, cuDNN workspaces and validation
-RARE_CLASS_SHARE = 0.05  # below this pixel share, weight the loss toward the class
 UNTIL_BUDGET = 100_000  # epochs under a time budget: the budget, not a count, ends the run
 VALIDATION_SHARE = 0.1  # validation rounds should cost about this share of the training time
 CPU_SMALL_BUDGET_S = 30 * 60  # below this budget a CPU trains the narrow U-Net (more steps in the time)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unetseg.data.classmap import IGNORE_INDEX
+from unetseg.data.prepare import repeat_factors
 from unetseg.data.sampler import TrainBatches, prefetch
 from unetseg.data.samples import Sample
 
@@ -42,6 +43,31 @@ def test_centred_crops_draw_the_class_first_so_a_rare_class_is_seen():
     crops = [m for _, masks in batches.epoch(0) for m in masks]
     with_dot = sum(bool((m == 2).any()) for m in crops)
     assert len(crops) == 40 and 10 <= with_dot <= 30
+
+
+def test_images_holding_a_class_few_images_hold_are_drawn_more_often():
+    """Class 2 is in 1 image of 16: with share 0.25 that image's factor is sqrt(0.25 / (1/16)) = 2, the others 1."""
+    items = []
+    for i in range(16):
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        mask[:8] = 1
+        if i == 5:
+            mask[20:24, 20:24] = 2
+        items.append(Sample(f"s{i}", np.full((32, 32, 1), i, dtype=np.uint8), mask))
+    factors = repeat_factors(items, 3, 0.25)
+    assert factors.tolist() == pytest.approx([2.0 if i == 5 else 1.0 for i in range(16)])
+    balanced = TrainBatches(items, 4, (32, 32), seed=0, repeats=factors)
+    drawn = np.bincount([int(x[0, 0, 0]) for e in range(200) for xs, _ in balanced.epoch(e) for x in xs], minlength=16)
+    assert drawn.sum() == 200 * 16  # an epoch still draws as many images as there are
+    share = drawn[5] / drawn.sum()
+    assert 1.6 / 17 < share < 2.4 / 17  # twice as often as each of the 15 others: 2 / 17
+    assert repeat_factors(items, 3, 1 / 16).tolist() == [1.0] * 16  # a class in 1 of 16 is not rare below 1/16
+
+
+def test_equal_repeat_factors_draw_the_same_batches_as_uniform_sampling():
+    plain = TrainBatches(samples(), 2, (32, 32), seed=3)
+    equal = TrainBatches(samples(), 2, (32, 32), seed=3, repeats=np.full(8, 1.5))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(plain.epoch(1), equal.epoch(1)))
 
 
 def test_same_epoch_same_batches_and_resume_from_a_batch():

@@ -27,6 +27,7 @@ WORKERS = {"low": 1, "high": 256}
 BATCH = {"low": 1, "high": 4096}
 FOREGROUND_CROPS = 0.33  # share of crops centred on a foreground pixel where the plan keeps it (nnU-Net's)
 RARE_CLASS_SHARE = 0.05  # below this pixel share a class is rare: the plan weighs the loss toward it
+RARE_IMAGE_SHARE = 0.25  # a class held by fewer of the training images is rare in images (weights; balanced draws)
 
 
 @dataclass
@@ -117,6 +118,13 @@ class TrainConfig(DataConfig):
         high=1,
         unit="a share",
         planned=True,
+    )
+    image_sampling: str = option(
+        "uniform",
+        "how an epoch draws its images: uniform (each once) or balanced (images holding a class that under 25% of "
+        "the images hold drawn more often, by sqrt(25% / share): LVIS's repeat factors)",
+        choices=("uniform", "balanced"),
+        group="sampling and augmentation",
     )
     epochs: int = option(
         5,

@@ -154,12 +154,37 @@ def evaluation_samples(
     return samples, str(root)
 
 
+def _counts(sample: Sample, num_classes: int) -> np.ndarray:
+    """Pixels per class of one sample (from the decoded cache's counts when it kept them)."""
+    if sample.class_counts is not None:
+        return np.asarray(sample.class_counts[:num_classes])
+    return np.bincount(sample.mask.ravel(), minlength=256)[:num_classes]
+
+
 def class_frequencies(samples: list[Sample], num_classes: int) -> np.ndarray:
-    """Share of labelled pixels per class (from the decoded cache's counts when it kept them)."""
+    """Share of labelled pixels per class."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for sample in samples:
-        if sample.class_counts is not None:
-            counts += sample.class_counts[:num_classes]
-        else:
-            counts += np.bincount(sample.mask.ravel(), minlength=256)[:num_classes]
+        counts += _counts(sample, num_classes)
     return counts / max(counts.sum(), 1)
+
+
+def class_presence(samples: list[Sample], num_classes: int) -> np.ndarray:
+    """Which classes each sample holds: bool (samples, classes)."""
+    present = np.zeros((len(samples), num_classes), dtype=bool)
+    for i, sample in enumerate(samples):
+        present[i] = _counts(sample, num_classes) > 0
+    return present
+
+
+def repeat_factors(samples: list[Sample], num_classes: int, share: float) -> np.ndarray:
+    """How often to draw each sample, relative to the others: repeat-factor sampling (LVIS, Gupta et al. 2019).
+
+    A class held by a fraction f of the images gets max(1, sqrt(share / f)); an image takes the largest factor
+    of the classes it holds. Images with a class that few images hold are seen more often, the pixels' loss is
+    left as it is.
+    """
+    present = class_presence(samples, num_classes)
+    held = present.mean(axis=0)
+    factor = np.sqrt(share / np.maximum(held, 1e-12)).clip(min=1.0)
+    return np.where(present, factor, 1.0).max(axis=1, initial=1.0)

@@ -22,7 +22,9 @@ class TrainBatches:
 
     Images larger than the patch are cropped at a random place (a ``foreground_share`` of crops is centred on a
     random foreground pixel, so rare classes are seen); smaller ones are padded (image 0, mask ignore).
-    ``batch_size`` is per process; a dataset smaller than one batch gives one smaller batch.
+    ``batch_size`` is per process; a dataset smaller than one batch gives one smaller batch. With ``repeats`` (one
+    factor per sample, see repeat_factors) an epoch draws as many images as there are, each as often as its factor
+    says relative to the others; without, every image once.
     """
 
     def __init__(
@@ -34,10 +36,12 @@ class TrainBatches:
         rank: int = 0,
         world: int = 1,
         foreground_share: float = 0.0,
+        repeats: np.ndarray | None = None,
     ) -> None:
         self.samples, self.patch, self.seed, self.rank, self.world = samples, patch, seed, rank, world
         self.batch_size = max(1, min(batch_size, len(samples) // world))
         self.foreground_share = foreground_share
+        self.draw = None if repeats is None or len(set(repeats.tolist())) <= 1 else repeats / repeats.sum()
         self._foreground: dict[int, list[np.ndarray]] = {}  # subsampled pixel positions per foreground class
 
     @property
@@ -50,7 +54,8 @@ class TrainBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's batches of ``epoch`` from batch ``start`` on: (uint (B, H, W, C), uint8 (B, H, W))."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.samples))
+        n = len(self.samples)
+        order = rng.permutation(n) if self.draw is None else rng.choice(n, size=n, p=self.draw)
         corners = rng.random((len(order), 2))
         centred = rng.random(len(order)) < self.foreground_share
         picks = rng.random(len(order))

@@ -19,14 +19,14 @@ from unetseg.core.atomic import write_atomic
 from unetseg.core.checkpoint import load_checkpoint, load_weights
 from unetseg.core.device import choose_dtype, resolve_device
 from unetseg.data.augment import get_spec
-from unetseg.data.prepare import Dataset, class_frequencies, prepare_for
+from unetseg.data.prepare import Dataset, class_frequencies, prepare_for, repeat_factors
 from unetseg.data.sampler import TrainBatches
 from unetseg.errors import UserError
 from unetseg.models import UNetResNet, create_model
 from unetseg.models.resnet import imagenet_norm
 from unetseg.models.weights import load_encoder_weights
 from unetseg.tracking.runlog import RunLog
-from unetseg.train_config import RARE_CLASS_SHARE
+from unetseg.train_config import RARE_CLASS_SHARE, RARE_IMAGE_SHARE
 from unetseg.training.ema import EMA
 from unetseg.training.losses import build_loss
 from unetseg.training.optim import Schedule, build_optimizer
@@ -147,8 +147,17 @@ def assemble(
     model, pretrained = build_model(cfg, data, device, info, resumed=resume is not None)
     if pretrained:  # the encoder learnt on ImageNet-normalised images: feed it the same statistics
         data.norm = imagenet_norm(data.channels, data.norm["scale"])
+    k = data.class_map.num_classes
+    repeats = repeat_factors(data.train, k, RARE_IMAGE_SHARE) if cfg.image_sampling == "balanced" else None
     batches = TrainBatches(
-        data.train, cfg.batch_size, patch_shape(cfg, data), cfg.seed, info.rank, info.world, cfg.foreground_crops
+        data.train,
+        cfg.batch_size,
+        patch_shape(cfg, data),
+        cfg.seed,
+        info.rank,
+        info.world,
+        cfg.foreground_crops,
+        repeats,
     )
     hw = Hardware(device, choose_dtype(cfg.precision, cfg.amp, device), info)
     learner = build_learner(cfg, data, model, steps_per_epoch(len(batches), cfg.accumulate), hw)

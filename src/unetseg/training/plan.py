@@ -12,11 +12,11 @@ import math
 import numpy as np
 import torch
 
-from unetseg.data.prepare import Dataset, class_frequencies
+from unetseg.data.prepare import Dataset, class_frequencies, class_presence
 from unetseg.data.samples import scaled_size
 from unetseg.data.shapes import Shapes, measure
 from unetseg.evaluation.choice import choose_score
-from unetseg.train_config import FOREGROUND_CROPS, RARE_CLASS_SHARE
+from unetseg.train_config import FOREGROUND_CROPS, RARE_CLASS_SHARE, RARE_IMAGE_SHARE
 
 # Activation memory of the U-Net in training with bf16 autocast, per pixel and per unit of width, measured from
 # Pytorch-UNet's --amp peak (14.7 GiB for 8 images of 959x640 at width 64): about 50 bytes.
@@ -162,6 +162,32 @@ def _foreground_crops(thin: str) -> tuple[float, str]:
         f"{FOREGROUND_CROPS:.0%} of the crops centred on a foreground pixel, class by class (nnU-Net's choice), "
         "so small and rare objects are seen"
     )
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _class_weights(data: Dataset, freq: np.ndarray, held: np.ndarray) -> tuple[str, str]:
+    """``auto`` when a class is rare both in pixels (under RARE_CLASS_SHARE) and in images (held by under
+    RARE_IMAGE_SHARE of them): such a class is in few batches, and its few pixels must count for more to be
+    learnt at all. A class with few pixels in most images is in every batch already; weighing it up makes it grow
+    into the classes beside it (a crop plant into the weeds around it)."""
+    names = data.class_map.names
+    rare = [
+        f"{n} ({f:.1%} of pixels, {h:.0%} of images)"
+        for n, f, h in zip(names, freq, held)
+        if f < RARE_CLASS_SHARE and h < RARE_IMAGE_SHARE
+    ]
+    if rare:
+        return "auto", f"{_listed(rare)}: rare in pixels and in images"
+    small = [f"{n} ({f:.1%})" for n, f in zip(names, freq) if f < RARE_CLASS_SHARE]
+    if small:
+        return "none", (
+            f"{_listed(small)} below {RARE_CLASS_SHARE:.0%} of pixels but in at least {RARE_IMAGE_SHARE:.0%} of "
+            "the images: seen in every batch, and weighed up it grows into the classes beside it"
+        )
+    return "none", f"no class below {RARE_CLASS_SHARE:.0%} of pixels"
 
 
 def _patch(data: Dataset, gpu: bool, scale: float) -> tuple[int | None, str]:
@@ -341,16 +367,9 @@ def make_plan(
     thin = _thin_structure(data, shapes)
     resolution = _resolution(data, thin, device, time_budget_s, fixed, scale, width)
     plan += resolution
-    freq = class_frequencies(data.train, data.class_map.num_classes)
-    rare = [n for n, f in zip(data.class_map.names, freq) if f < RARE_CLASS_SHARE]
-    weights = "auto" if rare else "none"
-    plan.append(
-        (
-            "class_weights",
-            weights,
-            f"{', '.join(rare)} below {RARE_CLASS_SHARE:.0%} of pixels" if rare else "no class below 5% of pixels",
-        )
-    )
+    k = data.class_map.num_classes
+    held = class_presence(data.train, k).mean(axis=0) if data.train else np.ones(k)
+    plan.append(("class_weights", *_class_weights(data, class_frequencies(data.train, k), held)))
     top = data.norm["scale"]
     plan.append(
         (

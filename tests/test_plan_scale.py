@@ -72,6 +72,18 @@ def test_large_objects_train_downscaled_thin_lines_at_full_resolution(tmp_path):
     assert "2 px" in lines["scale"][1] or "1 px" in lines["scale"][1] or "3 px" in lines["scale"][1]
 
 
+def test_structures_several_pixels_thick_train_downscaled_when_the_budget_asks(tmp_path):
+    def bars(draw, rng):  # 9 px wide lines: thin for augmentation, thick enough to survive half the resolution
+        for _ in range(3):
+            x = int(rng.integers(20, 580))
+            draw.line([x, 0, int(rng.integers(20, 580)), 479], fill=1, width=9)
+
+    plan = plan_of(draw_set(tmp_path / "w", 24, (600, 480), bars))
+    scale, why = plan["scale"]
+    assert 0.5 <= scale < 1 and "train at" in why  # 40 epochs of 600x480 images do not fit 5 minutes
+    assert plan["augment"][0] == "light"  # still a thin structure for the warps and the crops
+
+
 def test_user_scale_and_patch_size_are_constraints(tmp_path):
     root = draw_set(tmp_path / "b", 40, (300, 240), big_blob)
     assert plan_of(root, patch_size=64)["scale"][0] == 1.0  # crops asked for: at the images' own resolution

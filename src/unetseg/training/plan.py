@@ -25,11 +25,14 @@ GPU_MEMORY_SHARE = 0.6  # leave room for the allocator, cuDNN workspaces and val
 UNTIL_BUDGET = 100_000  # epochs under a time budget: the budget, not a count, ends the run
 VALIDATION_SHARE = 0.1  # validation rounds should cost about this share of the training time
 CPU_SMALL_BUDGET_S = 30 * 60  # below this budget a CPU trains the narrow U-Net (more steps in the time)
-# Training resolution. Structures keep at least DETAIL_PX of thickness (a thinner line is lost to the resize);
-# images keep a short side of MIN_SIDE_PX (below it a U-Net's four poolings leave no context); and on a budget the
+# Training resolution. Structures keep at least DETAIL_PX of thickness (a thinner line is lost to the resize: a
+# 5 px membrane at half size lost Dice, a 9 px crop plant at half size gained IoU; benchmarks/README.md); images
+# keep a short side of MIN_SIDE_PX (below it a U-Net's four poolings leave no context); and on a budget the
 # resolution drops until it affords TARGET_EPOCHS passes over the data at about PIXELS_PER_S training pixels a
 # second. A whole image at half size, seen 40 times, teaches an object's shape better than a few full-size crops.
-DETAIL_PX = 16
+DETAIL_PX = 5
+# A class under THIN_PX thick is a thin structure for augmentation and crops (see below), whatever the resolution.
+THIN_PX = 16
 # Objects thicker than CONTEXT_PX (a disc of about 90 px) outgrow what the U-Net's four poolings see around a pixel:
 # at a lower resolution the whole object falls inside it, and each step costs less.
 CONTEXT_PX = 56
@@ -39,7 +42,7 @@ TARGET_EPOCHS = 40
 PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores with bf16; the width-64 one on a GPU
 # Augmentation stands in for images a dataset lacks. With many images and a budget of few passes over them, each
 # image is seen too few times for random warps and colour changes to pay; the budget goes to convergence instead.
-# Thin structures (the thinnest common class under DETAIL_PX) train on light augmentation and uniform crops: a warp's
+# Thin structures (the thinnest common class under THIN_PX) train on light augmentation and uniform crops: a warp's
 # resampling, blur and noise erase a line a few pixels wide, and crops centred on it over-teach it (benchmarks/README).
 MANY_IMAGES = 150
 FEW_EPOCHS = 50
@@ -94,14 +97,15 @@ def _thinnest(data: Dataset, shapes: Shapes) -> tuple[float, str]:
 
 
 def _thin_structure(data: Dataset, shapes: Shapes) -> str:
-    """ "crop is 9 px thick" when the thinnest common class is under DETAIL_PX thick; else ""."""
+    """ "crop is 9 px thick" when the thinnest common class is under THIN_PX thick; else ""."""
     thinnest, which = _thinnest(data, shapes)
-    return f"{which} is {thinnest:.0f} px thick" if thinnest < DETAIL_PX else ""
+    return f"{which} is {thinnest:.0f} px thick" if thinnest < THIN_PX else ""
 
 
 def _rounded(scale: float) -> float:
-    """Scales in eighths; 1.0 above 7/8, where a resize would save little and blur the masks."""
-    return 1.0 if scale > 0.875 else max(0.125, round(scale * 8) / 8)
+    """Scales in eighths; 1.0 where that rounds to 7/8 or more: such a resize would save little and blur the masks."""
+    eighths = round(scale * 8) / 8
+    return 1.0 if eighths >= 0.875 else max(0.125, eighths)
 
 
 def _object_thickness(data: Dataset, shapes: Shapes) -> float:

@@ -144,6 +144,28 @@ def test_round_comparison_follows_the_chosen_score():
     assert list(round_scores(rounds[0], choose_score(ClassMap([0, 1])))) == ["dice_fg", "iou_fg"]
 
 
+def counts(tp, fp, fn) -> torch.Tensor:
+    """``(N, 2, 3)`` per-image counts of a binary set: class 1 as given, class 0 the rest of 1000 pixels."""
+    fg = torch.tensor([tp, fp, fn]).T
+    bg = torch.stack([1000 - fg.sum(1), fg[:, 2], fg[:, 1]], 1)
+    return torch.stack([bg, fg], 1)
+
+
+def test_a_later_round_within_the_noise_of_the_peak_is_as_good():
+    choice = choose_score(ClassMap([0, 255]))
+    peak = counts([90, 40, 80, 95], [5, 30, 10, 2], [5, 30, 10, 3])
+    assert choice.from_counts(peak) == pytest.approx(2 * 305 / (2 * 305 + 47 + 48))
+    # 4 images: lower by 0.02, from one hard image; the jackknife error of the paired difference covers it.
+    noisy = counts([91, 33, 80, 95], [5, 37, 10, 2], [4, 37, 10, 3])
+    assert choice.from_counts(noisy) < choice.from_counts(peak) and choice.as_good(noisy, peak)
+    # 40 images each a little worse: measurably worse, however small the gap.
+    many, worse = counts(*[[90] * 40, [5] * 40, [5] * 40]), counts(*[[89] * 40, [6] * 40, [6] * 40])
+    assert not choice.as_good(worse, many) and choice.as_good(many, worse) and choice.as_good(many, many)
+    assert not choice.as_good(noisy, peak[:3])  # other images: nothing to pair
+    miou = choose_score(ClassMap([0, 1], ["sky", "road"]))
+    assert miou.kind == "all" and miou.from_counts(many) == pytest.approx((900 / 910 + 90 / 100) / 2)
+
+
 def test_report_carries_both_means_and_names_its_headline():
     # Two images, 3 classes; class 0 (sky) is perfect, class 2 is never found.
     cm = torch.tensor([[10, 0, 0], [0, 4, 4], [0, 2, 0]])
@@ -181,7 +203,8 @@ def scripted_rounds(monkeypatch, scores: list[tuple[float, float]]) -> list[floa
     def evaluate(*args, **kwargs):
         result = real(*args, **kwargs)
         dice_fg, miou = next(rounds)
-        return result | {"dice_fg": dice_fg, "iou_fg": dice_fg / 2, "miou": miou, "dice_mean": miou}
+        scripted = {"dice_fg": dice_fg, "iou_fg": dice_fg / 2, "miou": miou, "dice_mean": miou}
+        return result | scripted | {"image_counts": torch.zeros(0, 3, 3)}  # no images to weigh the noise on
 
     observe = Schedule.observe
     monkeypatch.setattr(loop, "evaluate", evaluate)

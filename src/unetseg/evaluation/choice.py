@@ -16,6 +16,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import torch
+
 from unetseg.data.classmap import ClassMap
 from unetseg.errors import UserError
 
@@ -23,6 +25,9 @@ SCORE_KINDS = ("foreground", "all")
 SCORE_OPTIONS = ("auto", *SCORE_KINDS)
 SCORE_NAMES = {"foreground": "dice_fg", "all": "miou"}  # the result / metrics.csv key each kind is read from
 SCORE_LABELS = {"foreground": "foreground Dice", "all": "mIoU"}
+# A later validation round whose score is at most NOISE_Z standard errors below the highest one (the error of the
+# difference, paired over the same images) is not measurably worse: it becomes best.pt, as the more-trained model.
+NOISE_Z = 2.0
 # Names that mean "not a class of interest" (compared lower-case, without spaces, '_' or '-'): labelling tools
 # write _background_, __background__, unlabeled, void, clutter, other, none.
 BACKGROUND_NAMES = frozenset(
@@ -72,6 +77,31 @@ class ScoreChoice:
     def value(self, result: dict) -> float:
         """The chosen score of a validation or evaluation result."""
         return float(result[self.name])
+
+    def from_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """The pooled score of ``(..., N, K, 3)`` per-image counts (true/false positives, false negatives), over
+        the N images: ``(...)``, float64."""
+        from unetseg.evaluation.metrics import scores_from_counts
+
+        scores = scores_from_counts(counts.sum(-3))
+        values = scores["dice"][..., 1:] if self.kind == "foreground" else scores["iou"]
+        return torch.nanmean(values, dim=-1)
+
+    def as_good(self, counts: torch.Tensor, peak: torch.Tensor) -> bool:
+        """Whether the round with per-image ``counts`` is not measurably worse than the one with ``peak`` counts
+        (``(N, K, 3)``, the same images): the paired difference of their pooled scores is within NOISE_Z jackknife
+        standard errors. On a few validation images the error is large, and a higher score earlier in a run is
+        more often the images' luck than a better model."""
+        if counts.shape != peak.shape or len(counts) < 2:
+            return False
+        both = torch.stack([counts, peak]).long()
+        left_out = both.sum(1, keepdim=True) - both  # (2, N, K, 3): every image left out in turn
+        whole = self.from_counts(both)
+        differences = self.from_counts(left_out.unsqueeze(2))  # (2, N)
+        gap, gaps = float(whole[0] - whole[1]), differences[0] - differences[1]
+        n = len(counts)
+        error = math.sqrt((n - 1) / n * float(((gaps - gaps.mean()) ** 2).sum()))
+        return math.isfinite(gap) and math.isfinite(error) and gap >= -NOISE_Z * error
 
     def describe(self) -> dict[str, str]:
         """Which score this is and why, as data (checkpoints, JSON logs)."""

@@ -103,6 +103,7 @@ def result_from_counts(cm: torch.Tensor, counts: torch.Tensor, names: list[str])
         **scores,
         "confusion": cm.cpu().tolist(),
         "images": list(names),
+        "image_counts": counts.cpu(),  # (N, K, 3): what a later round is compared with (choice.as_good)
         "image_dice": summary["image_scores"]["dice"],
         "image_dice_fg_mean": summary["macro"]["dice"],
         **summary,

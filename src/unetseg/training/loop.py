@@ -140,8 +140,16 @@ def validate(run: Run) -> dict:
         if not learner.weights_finite():  # whatever the score says, such a model is never the best
             raise not_finite(run)
         learner.schedule.observe(score)
-        improved = is_better(score, state.best)
-        state.rounds_since_best = 0 if improved else state.rounds_since_best + 1
+        counts = result["image_counts"]
+        peaked = is_better(score, state.peak)
+        # A round below the peak but not measurably worse (few validation images, a noisy score) is the more-trained
+        # model: it takes best.pt.
+        improved = peaked or (
+            not math.isnan(score) and state.peak_counts is not None and choice.as_good(counts, state.peak_counts)
+        )
+        state.rounds_since_best = 0 if peaked else state.rounds_since_best + 1
+        if peaked:
+            state.peak, state.peak_counts = score, counts
         if improved:
             state.best, state.best_step = score, state.step
             save(run, "best.pt", with_train_state=False)
@@ -160,7 +168,14 @@ def validate(run: Run) -> dict:
     run.clock.val_cost = time.monotonic() - started
     row |= {"val_s": run.clock.val_cost, "elapsed_s": run.clock.elapsed()}
     confusion = result["confusion"] if hw.dist.is_main else None  # for report.html (not a metrics.csv column)
-    return row | {"best": state.best, "improved": improved, "panels": panels, "confusion": confusion}
+    below = state.peak if improved and not peaked else None  # best.pt now holds a round under the peak
+    return row | {
+        "best": state.best,
+        "improved": improved,
+        "below_peak": below,
+        "panels": panels,
+        "confusion": confusion,
+    }
 
 
 def check_limits(run: Run, stop: StopSignal, progress: Progress, read_now: bool) -> None:

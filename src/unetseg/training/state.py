@@ -43,7 +43,11 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     best: float = -math.inf  # best validation score (foreground Dice or mIoU: evaluation.choice)
     best_step: int = -1
-    rounds_since_best: int = 0  # validation rounds without improvement (early stopping)
+    # The highest score so far and its round's per-image counts. best.pt holds the latest round not measurably worse
+    # than it (choice.as_good), so ``best`` may be below ``peak``; early stopping counts rounds since a new peak.
+    peak: float = -math.inf
+    peak_counts: torch.Tensor | None = None
+    rounds_since_best: int = 0  # validation rounds without a new highest score (early stopping)
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, in total
     bad_streak: int = 0  # consecutive skipped steps
     elapsed: float = 0.0  # training seconds spent before this process started
@@ -249,7 +253,10 @@ def restore(learner: Learner, ckpt: dict) -> TrainState:
     torch.set_rng_state(train["rng"]["torch"])
     if torch.cuda.is_available() and train["rng"].get("cuda"):
         torch.cuda.set_rng_state_all(train["rng"]["cuda"])
-    return TrainState(**train["state"])
+    state = TrainState(**train["state"])
+    if "peak" not in train["state"]:  # a checkpoint from before the peak was kept: its best was the highest score
+        state.peak = state.best
+    return state
 
 
 def diverged(state: TrainState, score: str, why: str) -> StopTraining:

@@ -118,14 +118,15 @@ def summary_fields(run: Run, freq: list[float], params: int, size_mb: float, har
 
 def report_round(log: RunLog, choice: ScoreChoice, names: Sequence[str], model: nn.Module, row: dict) -> None:
     """One console line per validation round; the row goes to every logger."""
-    improved = row.pop("improved")
+    improved, below = row.pop("improved"), row.pop("below_peak", None)
+    mark = "" if not improved else "  *best" if below is None else f"  *best (within the noise of the peak {below:.4f})"
     panels, confusion = row.pop("panels", None), row.pop("confusion", None)
     shown = names if choice.kind == "all" else names[1:]
     per_class = " ".join(f"{n}={row.get(f'dice_{n}', math.nan):.4f}" for n in shown)
     line = (
         f"step {row['step']:>6} epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
         f"val {choice.name} {row[choice.name]:.4f} ({per_class})  lr {row['lr']:.2e}  "
-        f"{row['img_s']:.1f} img/s{'  *best' if improved else ''}"
+        f"{row['img_s']:.1f} img/s{mark}"
     )
     log.validation(row["step"], row, model, panels, improved, message=line, confusion=confusion)
 

@@ -81,11 +81,11 @@ class ScoreChoice:
     def from_counts(self, counts: torch.Tensor) -> torch.Tensor:
         """The pooled score of ``(..., N, K, 3)`` per-image counts (true/false positives, false negatives), over
         the N images: ``(...)``, float64."""
-        from unetseg.evaluation.metrics import scores_from_counts
+        from unetseg.evaluation.metrics import nanmean, scores_from_counts
 
         scores = scores_from_counts(counts.sum(-3))
         values = scores["dice"][..., 1:] if self.kind == "foreground" else scores["iou"]
-        return torch.nanmean(values, dim=-1)
+        return nanmean(values, dim=-1)
 
     def as_good(self, counts: torch.Tensor, peak: torch.Tensor) -> bool:
         """Whether the round with per-image ``counts`` is not measurably worse than the one with ``peak`` counts

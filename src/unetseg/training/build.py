@@ -170,12 +170,8 @@ def assemble(
         clock.before = run.state.elapsed
         log.truncate_after(run.state.step)
         if resume.get("score", {}).get("name", "dice_fg") != run.choice.name:  # the best so far was another score
-            run.state.best, run.state.peak, run.state.peak_counts, run.state.rounds_since_best = (
-                -math.inf,
-                -math.inf,
-                None,
-                0,
-            )
+            run.state.best = run.state.peak = -math.inf
+            run.state.peak_counts, run.state.rounds_since_best = None, 0
     return run
 
 

@@ -144,9 +144,7 @@ def validate(run: Run) -> dict:
         peaked = is_better(score, state.peak)
         # A round below the peak but not measurably worse (few validation images, a noisy score) is the more-trained
         # model: it takes best.pt.
-        improved = peaked or (
-            not math.isnan(score) and state.peak_counts is not None and choice.as_good(counts, state.peak_counts)
-        )
+        improved = peaked or (state.peak_counts is not None and choice.as_good(counts, state.peak_counts))
         state.rounds_since_best = 0 if peaked else state.rounds_since_best + 1
         if peaked:
             state.peak, state.peak_counts = score, counts

@@ -26,7 +26,8 @@ UNTIL_BUDGET = 100_000  # epochs under a time budget: the budget, not a count, e
 VALIDATION_SHARE = 0.1  # validation rounds should cost about this share of the training time
 CPU_SMALL_BUDGET_S = 30 * 60  # below this budget a CPU trains the narrow U-Net (more steps in the time)
 # Training resolution. Structures keep at least DETAIL_PX of thickness (a thinner line is lost to the resize: a
-# 5 px membrane at half size lost Dice, a 9 px crop plant at half size gained IoU; benchmarks/README.md); images
+# 5 px membrane at half size lost Dice; a 9 px crop plant at half size scored no worse than at full resolution,
+# in single runs whose spread was larger than the difference; benchmarks/README.md); images
 # keep a short side of MIN_SIDE_PX (below it a U-Net's four poolings leave no context); and on a budget the
 # resolution drops until it affords TARGET_EPOCHS passes over the data at about PIXELS_PER_S training pixels a
 # second. A whole image at half size, seen 40 times, teaches an object's shape better than a few full-size crops.

@@ -21,7 +21,8 @@ def candidates(plan: dict) -> list[str]:
 
 
 def test_pilots_try_what_the_rules_trade_not_what_they_require(tmp_path):
-    blobs = plan_of(draw_set(tmp_path / "b", 40, (300, 240), big_blob), budget_s=600)
+    # Half an hour: 40 images get their steps at the objects' scale, so the budget does not push it to the floor.
+    blobs = plan_of(draw_set(tmp_path / "b", 40, (300, 240), big_blob), budget_s=1800)
     assert blobs["scale"][0] < 1  # downscaled for the objects' size: a judgement, so a pilot tries higher
     labels = candidates(blobs)
     assert labels[0] == "planned"

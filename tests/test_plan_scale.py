@@ -147,3 +147,15 @@ def test_thin_structures_train_on_light_augmentation_and_uniform_crops(tmp_path)
     assert lines["foreground_crops"][0] == 0.0 and "uniform crops" in lines["foreground_crops"][1]
     blobs = plan_of(draw_set(tmp_path / "b", 20, (300, 240), big_blob))
     assert blobs["augment"][0] == "default" and blobs["foreground_crops"][0] == 0.33
+
+
+def test_few_images_on_a_short_budget_train_downscaled_for_steps(tmp_path):
+    def disc(draw, rng):  # about 28 px thick: neither thin nor large
+        x, y = rng.integers(40, 216, 2)
+        draw.ellipse([x - 15, y - 15, x + 15, y + 15], fill=1)
+
+    few = draw_set(tmp_path / "few", 20, (256, 256), disc)
+    scale, why = plan_of(few, budget_s=300)["scale"]
+    assert scale == 0.5 and "2000 steps of 8 of 18 images" in why  # 18 train: 40 passes would be 90 steps
+    scale, why = plan_of(few, budget_s=3600)["scale"]
+    assert scale == 1.0 and "full resolution" in why  # an hour affords the steps at full size

@@ -40,6 +40,12 @@ CONTEXT_PX = 56
 DETAIL_SHARE = 0.01  # classes rarer than this do not hold the resolution up (rare-class sampling serves them)
 MIN_SIDE_PX = 112
 TARGET_EPOCHS = 40
+# Passes are not enough where images are few: 40 passes over 45 images are 225 steps, and a U-Net from scratch is
+# far from converged after a few hundred (the bundled sample: 0.82 after 294 steps, 0.91 after 1111; nuclei fold 0
+# in 5 minutes: 0.883 on full-size 256x256 crops, 0.901 on half-size 128x128 ones; benchmarks/README.md). The
+# budget's resolution also affords MIN_STEPS steps of STEP_IMAGES images.
+MIN_STEPS = 2000
+STEP_IMAGES = 8
 PIXELS_PER_S = {"cpu": 4e5, "cuda": 2e7}  # the width-16 U-Net on 2 CPU cores with bf16; the width-64 one on a GPU
 # Augmentation stands in for images a dataset lacks. With many images and a budget of few passes over them, each
 # image is seen too few times for random warps and colour changes to pay; the budget goes to convergence instead.
@@ -76,9 +82,14 @@ def _scale(
         reasons.append(f"objects {objects:.0f} px thick (fit {CONTEXT_PX}: {context:.2f})")
     speed = 1.0
     if budget_s:
-        # Pixels scale with the square of the resolution: the scale that turns these epochs into TARGET_EPOCHS.
-        speed = math.sqrt(_epochs(device, budget_s, len(data.train), shapes.pixels) / TARGET_EPOCHS)
-        reasons.append(f"{TARGET_EPOCHS} epochs in the budget need {speed:.2f}")
+        # Pixels scale with the square of the resolution: the scale that turns these epochs into the passes needed.
+        count = max(len(data.train), 1)
+        needed = max(TARGET_EPOCHS, MIN_STEPS * STEP_IMAGES / count)
+        speed = math.sqrt(_epochs(device, budget_s, count, shapes.pixels) / needed)
+        if needed > TARGET_EPOCHS:
+            reasons.append(f"{MIN_STEPS} steps of {STEP_IMAGES} of {count} images in the budget need {speed:.2f}")
+        else:
+            reasons.append(f"{TARGET_EPOCHS} epochs in the budget need {speed:.2f}")
     # Lower for large objects or for the budget, but never below what thin structures and context need.
     floor = max(detail, side)
     scale = _rounded(min(1.0, max(floor, min(context, speed))))
